@@ -1,0 +1,336 @@
+"""The pure-functional Llama/Qwen decoder: weights declared once, one block for every mode.
+
+`params` is a nested dict of arrays; layer weights are stacked on a leading `layers` axis and the
+blocks run under `lax.scan`, so a 30-layer model compiles one block, not thirty.
+
+Three entry points share `_block`:
+  * `forward`: full causal attention over `tokens` (scoring, training), with padding masks or
+    packed segments;
+  * `prefill`: the same pass over left-padded prompts, returning the last position's logits and
+    the prompts' keys and values;
+  * `decode_step`: one new token for each of `n` samples per prompt, attending to the prompt's
+    cache (stored once per prompt, shared by its samples) and to the samples' own generated cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from metajax.models.config import ModelConfig, rope_inverse_frequencies
+from metajax.models.sharding import LogicalAxes, constrain
+
+Params = dict
+
+# Large finite negative instead of -inf: a fully masked row (a padding query) then softmaxes to a
+# harmless uniform distribution rather than NaN.
+_MASKED = -0.7 * float(np.finfo(np.float32).max)
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamSpec:
+    """One weight: its shape, logical axes (for sharding) and initialiser."""
+
+    shape: tuple[int, ...]
+    logical_axes: LogicalAxes
+    init: str = "normal"  # "normal" | "ones" | "zeros"
+
+
+def param_specs(cfg: ModelConfig) -> Params:
+    """The declaration of every weight, as a pytree shaped like `params`."""
+    L, D, F, V = cfg.num_layers, cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
+    Hq, Hkv, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    layers = {
+        "attn_norm": ParamSpec((L, D), ("layers", None), "ones"),
+        "wq": ParamSpec((L, D, Hq, hd), ("layers", "embed", "q_heads", "head_dim")),
+        "wk": ParamSpec((L, D, Hkv, hd), ("layers", "embed", "kv_heads", "head_dim")),
+        "wv": ParamSpec((L, D, Hkv, hd), ("layers", "embed", "kv_heads", "head_dim")),
+        "wo": ParamSpec((L, Hq, hd, D), ("layers", "q_heads", "head_dim", "embed")),
+        "mlp_norm": ParamSpec((L, D), ("layers", None), "ones"),
+        "w_gate": ParamSpec((L, D, F), ("layers", "embed", "mlp")),
+        "w_up": ParamSpec((L, D, F), ("layers", "embed", "mlp")),
+        "w_down": ParamSpec((L, F, D), ("layers", "mlp", "embed")),
+    }
+    if cfg.qkv_bias:
+        layers["bq"] = ParamSpec((L, Hq, hd), ("layers", "q_heads", "head_dim"), "zeros")
+        layers["bk"] = ParamSpec((L, Hkv, hd), ("layers", "kv_heads", "head_dim"), "zeros")
+        layers["bv"] = ParamSpec((L, Hkv, hd), ("layers", "kv_heads", "head_dim"), "zeros")
+    if cfg.qk_norm:
+        layers["q_norm"] = ParamSpec((L, hd), ("layers", "head_dim"), "ones")
+        layers["k_norm"] = ParamSpec((L, hd), ("layers", "head_dim"), "ones")
+    specs = {
+        "embed": ParamSpec((V, D), ("vocab", "embed")),
+        "layers": layers,
+        "final_norm": ParamSpec((D,), (None,), "ones"),
+    }
+    if not cfg.tie_word_embeddings:
+        specs["lm_head"] = ParamSpec((D, V), ("embed", "vocab"))
+    return specs
+
+
+def is_param_spec(x) -> bool:
+    return isinstance(x, ParamSpec)
+
+
+def init_params(cfg: ModelConfig, rng: jax.Array, *, dtype=jnp.float32, std: float = 0.02,
+                mesh=None) -> Params:
+    """Random params (normal(0, std) matrices, unit norms, zero biases), built on their shardings
+    when `mesh` is given."""
+    specs = param_specs(cfg)
+    leaves, treedef = jax.tree.flatten(specs, is_leaf=is_param_spec)
+    keys = jax.random.split(rng, len(leaves))
+
+    def build(keys):
+        arrays = []
+        for spec, key in zip(leaves, keys):
+            if spec.init == "ones":
+                arrays.append(jnp.ones(spec.shape, dtype))
+            elif spec.init == "zeros":
+                arrays.append(jnp.zeros(spec.shape, dtype))
+            else:
+                arrays.append((std * jax.random.normal(key, spec.shape, jnp.float32)).astype(dtype))
+        return jax.tree.unflatten(treedef, arrays)
+
+    out_shardings = None
+    if mesh is not None:
+        from metajax.models.sharding import named_sharding
+        out_shardings = jax.tree.map(lambda s: named_sharding(mesh, s.logical_axes, s.shape), specs,
+                                     is_leaf=is_param_spec)
+    return jax.jit(build, out_shardings=out_shardings)(keys)
+
+
+# ----------------------------------------------------------------------------------------------
+# Full-sequence passes: scoring, training, prefill.
+
+
+def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, *, positions: jax.Array | None = None,
+            attention_mask: jax.Array | None = None, segment_ids: jax.Array | None = None,
+            remat: bool = False) -> jax.Array:
+    """Next-token logits for every position.
+
+    Args:
+      tokens: int32[batch, seq].
+      positions: int32[batch, seq] rotary positions; by default counted from each row's first real
+        token (`attention_mask`) or from each packed segment's start (`segment_ids`).
+      attention_mask: bool/int[batch, seq], 1 for real tokens, 0 for padding (left or right).
+      segment_ids: int32[batch, seq] for packed sequences: tokens attend only within their segment.
+      remat: recompute each block's activations in the backward pass (saves memory in training).
+    Returns:
+      logits: float32[batch, seq, vocab].
+    """
+    hidden, _ = hidden_states(params, cfg, tokens, positions=positions, attention_mask=attention_mask,
+                              segment_ids=segment_ids, remat=remat)
+    return logits_from_hidden(params, cfg, hidden)
+
+
+def hidden_states(params: Params, cfg: ModelConfig, tokens: jax.Array, *, positions=None,
+                  attention_mask=None, segment_ids=None, remat: bool = False, return_kv: bool = False):
+    """Final-norm hidden states float[batch, seq, hidden] and, with `return_kv`, each layer's keys
+    and values: two arrays [layers, batch, seq, kv_heads, head_dim]."""
+    batch, seq = tokens.shape
+    index = jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (batch, seq))
+    valid = jnp.ones((batch, seq), bool) if attention_mask is None else attention_mask.astype(bool)
+    if positions is None:
+        positions = _default_positions(index, valid, segment_ids)
+    allowed = (index[:, None, :] <= index[:, :, None]) & valid[:, None, :]
+    if segment_ids is not None:
+        allowed &= segment_ids[:, None, :] == segment_ids[:, :, None]
+
+    def attend(q, k, v):
+        return _attention(q, k, v, allowed), (k, v)
+
+    x = constrain(params["embed"][tokens], ("batch", "seq", "act_embed"))
+    x, kv = _run_blocks(params, cfg, x, positions, attend, remat=remat)
+    hidden = rms_norm(x, params["final_norm"], cfg.rms_norm_eps)
+    return hidden, (kv if return_kv else None)
+
+
+def logits_from_hidden(params: Params, cfg: ModelConfig, hidden: jax.Array) -> jax.Array:
+    """float32[..., vocab] logits from final hidden states float[..., hidden]."""
+    head = params["embed"].T if cfg.tie_word_embeddings else params["lm_head"]
+    return jnp.einsum("...d,dv->...v", hidden, head, preferred_element_type=jnp.float32)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class KVCache:
+    """Keys and values for sampling `n` continuations of each of `batch` prompts.
+
+    The prompt part is stored once per prompt and shared by its samples; the generated part has one
+    slot per sample and step.
+
+    Attributes:
+      prompt_k, prompt_v: [layers, batch, prompt_len, kv_heads, head_dim].
+      prompt_mask: bool[batch, prompt_len], False on (left) padding.
+      k, v: [layers, batch, n, max_new, kv_heads, head_dim].
+    """
+
+    prompt_k: jax.Array
+    prompt_v: jax.Array
+    prompt_mask: jax.Array
+    k: jax.Array
+    v: jax.Array
+
+
+def prefill(params: Params, cfg: ModelConfig, prompts: jax.Array, prompt_mask: jax.Array, *,
+            num_samples: int, max_new_tokens: int, cache_dtype=None) -> tuple[jax.Array, KVCache]:
+    """Runs left-padded prompts once and allocates the cache for `num_samples` continuations each.
+
+    Args:
+      prompts: int32[batch, prompt_len], left-padded.
+      prompt_mask: bool[batch, prompt_len], True on real tokens.
+    Returns:
+      logits: float32[batch, vocab] at each prompt's last token.
+      cache: a `KVCache` holding the prompts and an empty generated part.
+    """
+    hidden, (k, v) = hidden_states(params, cfg, prompts, attention_mask=prompt_mask, return_kv=True)
+    logits = logits_from_hidden(params, cfg, hidden[:, -1])
+    cache_dtype = cache_dtype or k.dtype
+    gen_shape = (cfg.num_layers, prompts.shape[0], num_samples, max_new_tokens, cfg.num_kv_heads, cfg.head_dim)
+    cache = KVCache(prompt_k=k.astype(cache_dtype), prompt_v=v.astype(cache_dtype),
+                    prompt_mask=prompt_mask.astype(bool),
+                    k=jnp.zeros(gen_shape, cache_dtype), v=jnp.zeros(gen_shape, cache_dtype))
+    return logits, cache
+
+
+def decode_step(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.Array,
+                cache: KVCache, step: jax.Array) -> tuple[jax.Array, KVCache]:
+    """Feeds one token per sample and writes its keys and values into generated slot `step`.
+
+    Args:
+      tokens: int32[batch, n], the token generated at `step` for each sample.
+      positions: int32[batch, n], its rotary position.
+      step: int32 scalar, how many generated tokens the cache already holds.
+    Returns:
+      logits: float32[batch, n, vocab] for the next token, and the updated cache.
+    """
+    max_new = cache.k.shape[3]
+    earlier = jnp.arange(max_new) < step  # generated slots this token may attend to
+
+    def attend(q, k, v, layer_cache):
+        prompt_k, prompt_v, gen_k, gen_v = layer_cache
+        return _decode_attention(q, k, v, prompt_k, prompt_v, cache.prompt_mask, gen_k, gen_v, earlier), (k, v)
+
+    x = params["embed"][tokens]
+    layer_caches = (cache.prompt_k, cache.prompt_v, cache.k, cache.v)
+    x, (k_new, v_new) = _run_blocks(params, cfg, x, positions, attend, layer_caches=layer_caches)
+    logits = logits_from_hidden(params, cfg, rms_norm(x, params["final_norm"], cfg.rms_norm_eps))
+    # k_new: [layers, batch, n, kv_heads, head_dim] -> generated slot `step` of every layer at once.
+    k = jax.lax.dynamic_update_slice_in_dim(cache.k, k_new[:, :, :, None].astype(cache.k.dtype), step, axis=3)
+    v = jax.lax.dynamic_update_slice_in_dim(cache.v, v_new[:, :, :, None].astype(cache.v.dtype), step, axis=3)
+    return logits, dataclasses.replace(cache, k=k, v=v)
+
+
+# ----------------------------------------------------------------------------------------------
+# The block and its pieces.
+
+
+def _run_blocks(params: Params, cfg: ModelConfig, x, positions, attend: Callable, *, layer_caches=None,
+                remat: bool = False):
+    """Scans `_block` over the stacked layers; returns the residual stream and the per-layer
+    (k, v) that `attend` emits, stacked on a leading layers axis."""
+    sin, cos = _rope_tables(cfg, positions, x.dtype)
+
+    def body(x, layer):
+        layer_params, layer_cache = layer
+        layer_attend = attend if layer_cache is None else (lambda q, k, v: attend(q, k, v, layer_cache))
+        return _block(layer_params, cfg, x, sin, cos, layer_attend)
+
+    if remat:
+        body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
+    return jax.lax.scan(body, x, (params["layers"], layer_caches))
+
+
+def _block(lp: Params, cfg: ModelConfig, x, sin, cos, attend: Callable):
+    """One pre-norm transformer block: x + attention(norm(x)), then + SwiGLU(norm(x))."""
+    h = rms_norm(x, lp["attn_norm"], cfg.rms_norm_eps)
+    q = jnp.einsum("btd,dhk->bthk", h, lp["wq"])
+    k = jnp.einsum("btd,dhk->bthk", h, lp["wk"])
+    v = jnp.einsum("btd,dhk->bthk", h, lp["wv"])
+    if cfg.qkv_bias:
+        q, k, v = q + lp["bq"], k + lp["bk"], v + lp["bv"]
+    if cfg.qk_norm:
+        q = rms_norm(q, lp["q_norm"], cfg.rms_norm_eps)
+        k = rms_norm(k, lp["k_norm"], cfg.rms_norm_eps)
+    q, k = _apply_rope(q, sin, cos), _apply_rope(k, sin, cos)
+    out, kv = attend(q, k, v)
+    x = x + jnp.einsum("bthk,hkd->btd", out, lp["wo"])
+    x = constrain(x, ("batch", "seq", "act_embed"))
+    h = rms_norm(x, lp["mlp_norm"], cfg.rms_norm_eps)
+    gate = jnp.einsum("btd,df->btf", h, lp["w_gate"])
+    up = jnp.einsum("btd,df->btf", h, lp["w_up"])
+    x = x + jnp.einsum("btf,fd->btd", jax.nn.silu(gate) * up, lp["w_down"])
+    return constrain(x, ("batch", "seq", "act_embed")), kv
+
+
+def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
+    """RMSNorm over the last axis, statistics in float32 (as transformers computes them)."""
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return weight * normed.astype(x.dtype)
+
+
+def _rope_tables(cfg: ModelConfig, positions: jax.Array, dtype):
+    """sin, cos: [batch, seq, 1, head_dim] for rotate-half RoPE at integer `positions`."""
+    inv_freq = jnp.asarray(rope_inverse_frequencies(cfg), jnp.float32)
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq
+    angles = jnp.concatenate([angles, angles], axis=-1)[..., None, :]
+    return jnp.sin(angles).astype(dtype), jnp.cos(angles).astype(dtype)
+
+
+def _apply_rope(x: jax.Array, sin: jax.Array, cos: jax.Array) -> jax.Array:
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return x * cos + rotated * sin
+
+
+def _attention(q, k, v, allowed):
+    """Grouped-query attention. q: [b, t, q_heads, hd]; k, v: [b, s, kv_heads, hd];
+    allowed: bool[b, t, s]. Returns [b, t, q_heads, hd]."""
+    b, t, hq, hd = q.shape
+    hkv = k.shape[2]
+    q = q.reshape(b, t, hkv, hq // hkv, hd)
+    scores = jnp.einsum("btgrk,bsgk->bgrts", q, k, preferred_element_type=jnp.float32) / math.sqrt(hd)
+    scores = jnp.where(allowed[:, None, None], scores, _MASKED)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    return jnp.einsum("bgrts,bsgk->btgrk", probs, v).reshape(b, t, hq, hd)
+
+
+def _decode_attention(q, k_self, v_self, prompt_k, prompt_v, prompt_mask, gen_k, gen_v, earlier):
+    """Attention of one new token per sample over [its prompt | its earlier tokens | itself].
+
+    q: [b, n, q_heads, hd]; k_self, v_self: [b, n, kv_heads, hd]; prompt_k/v: [b, p, kv_heads, hd]
+    (shared by the n samples); gen_k/v: [b, n, max_new, kv_heads, hd]; earlier: bool[max_new].
+    """
+    b, n, hq, hd = q.shape
+    hkv = k_self.shape[2]
+    dtype = q.dtype
+    q = q.reshape(b, n, hkv, hq // hkv, hd)
+    scale = 1.0 / math.sqrt(hd)
+    f32 = jnp.float32
+    s_prompt = jnp.einsum("bngrk,bpgk->bngrp", q, prompt_k.astype(dtype), preferred_element_type=f32)
+    s_gen = jnp.einsum("bngrk,bnsgk->bngrs", q, gen_k.astype(dtype), preferred_element_type=f32)
+    s_self = jnp.einsum("bngrk,bngk->bngr", q, k_self, preferred_element_type=f32)[..., None]
+    s_prompt = jnp.where(prompt_mask[:, None, None, None, :], s_prompt, _MASKED)
+    s_gen = jnp.where(earlier, s_gen, _MASKED)
+    probs = jax.nn.softmax(jnp.concatenate([s_prompt, s_gen, s_self], axis=-1) * scale, axis=-1)
+    p_len, g_len = prompt_k.shape[1], gen_k.shape[2]
+    probs = probs.astype(dtype)
+    out = (jnp.einsum("bngrp,bpgk->bngrk", probs[..., :p_len], prompt_v.astype(dtype))
+           + jnp.einsum("bngrs,bnsgk->bngrk", probs[..., p_len:p_len + g_len], gen_v.astype(dtype))
+           + probs[..., -1:] * v_self[:, :, :, None, :])
+    return out.reshape(b, n, hq, hd)
+
+
+def _default_positions(index, valid, segment_ids):
+    """Rotary positions counted from each row's first real token, or from each segment's start."""
+    if segment_ids is not None:
+        starts = jnp.where(segment_ids != jnp.pad(segment_ids, ((0, 0), (1, 0)))[:, :-1], index, 0)
+        starts = starts.at[:, 0].set(0)
+        return index - jax.lax.cummax(starts, axis=1)
+    return jnp.maximum(jnp.cumsum(valid.astype(jnp.int32), axis=1) - 1, 0)
