@@ -1,0 +1,232 @@
+"""Typed run configuration: YAML files of nested frozen dataclasses, with dotted overrides.
+
+    python -m metajax.main --config configs/ram_toy.yaml --set train.learning_rate=3e-4 --set seed=1
+
+Every key is checked against the dataclass it fills: an unknown key, a value of the wrong type, a
+missing file or an out-of-range number raises `ConfigError` with a one-line message naming the key
+and the fix, before anything is compiled or written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from metajax.algorithms.expert_iteration import ExpertIterationConfig
+from metajax.data.toy import ToyWorldConfig
+from metajax.models.sharding import MeshConfig
+from metajax.train.optim import OptimizerConfig
+
+TASKS = ("ram", "star", "eval", "toy_pretrain", "convert")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the key and how to fix it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSection:
+    """Which checkpoint to start from.
+
+    path: a Hugging Face checkpoint directory (config.json + safetensors), or "toy" for the toy
+      world's bundled model.
+    gguf: a GGUF file to convert instead (Llama architecture), e.g. SmolLM2-135M.
+    dtype: parameter dtype. compute_dtype: training compute dtype (bf16 keeps fp32 master weights).
+    """
+
+    path: str = "toy"
+    gguf: str | None = None
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    compute_dtype: Literal["float32", "bfloat16"] = "float32"
+    remat: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSection:
+    """Where questions come from.
+
+    dataset: "toy", or a dataset name of `metajax.data.datasets` (gsm8k, arc_challenge, ...).
+    train_path / eval_path: local files in the dataset's own schema (or hub ids with source "hf").
+    num_eval: held-out questions to evaluate on. fewshot: examples in rollout prompts (RaM: 5).
+    """
+
+    dataset: str = "toy"
+    source: Literal["local", "hf", "tfds"] = "local"
+    train_path: str | None = None
+    eval_path: str | None = None
+    num_eval: int = 256
+    fewshot: int = 0
+    on_bad_row: Literal["error", "skip"] = "error"
+    toy: ToyWorldConfig = ToyWorldConfig()
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSection:
+    """Greedy, zero-shot evaluation (RaM paper: max 512 new tokens).
+
+    methods: which policies to compare: "direct" and "cot" prompt the base model; "star" and "ram"
+      are the policies those loops trained (run within the same command).
+    """
+
+    methods: tuple[str, ...] = ("cot", "star", "ram")
+    max_new_tokens: int = 512
+    batch_size: int = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """A whole run. `task` picks the pipeline (`metajax.main`)."""
+
+    task: Literal["ram", "star", "eval", "toy_pretrain", "convert"] = "ram"
+    run_dir: str = "runs/default"
+    seed: int = 0
+    model: ModelSection = ModelSection()
+    data: DataSection = DataSection()
+    expert_iteration: ExpertIterationConfig = ExpertIterationConfig()
+    train: OptimizerConfig = OptimizerConfig()
+    eval: EvalSection = EvalSection()
+    mesh: MeshConfig = MeshConfig()
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Reads a YAML file (or the defaults when `path` is None) and applies `key.sub=value` overrides."""
+    raw = _read_yaml(Path(path)) if path is not None else {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like key.sub=value")
+        node = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+        node[parts[-1]] = yaml.safe_load(value) if value else ""
+    config = build(Config, raw, "")
+    validate(config)
+    return config
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML mapping; a top-level `base: other.yaml` (relative to this file) is read first and
+    this file's keys are merged over it."""
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; pass an existing YAML file to --config")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of keys to values at the top level")
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    base_path = (path.parent / base).resolve()
+    if base_path in seen:
+        raise ConfigError(f"{path}: base {base} includes itself")
+    return _merge(_read_yaml(base_path, seen + (base_path,)), raw)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    merged = dict(base)
+    for key, value in over.items():
+        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
+def build(cls: type, raw: Any, where: str):
+    """Instantiates dataclass `cls` from a nested dict, checking every key and type."""
+    if isinstance(raw, cls):
+        return raw
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where or 'config'} must be a mapping, got {type(raw).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        key = f"{where}.{unknown[0]}" if where else unknown[0]
+        raise ConfigError(f"unknown key {key!r}; valid keys here: {', '.join(sorted(fields))}")
+    values = {}
+    for name, value in raw.items():
+        key = f"{where}.{name}" if where else name
+        values[name] = _coerce(hints[name], value, key)
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as e:
+        message = str(e)
+        raise ConfigError(message if where and message.startswith(where) else f"{where or 'config'}: {message}") from None
+
+
+def _coerce(tp, value, key: str):
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, key)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(arg, value, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} fits none of {tp}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not one of {list(args)}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
+        if len(args) != len(value):
+            raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}")
+        return tuple(_coerce(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if tp is Any or (isinstance(tp, type) and isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
+        return value
+    if tp is str and value is None:
+        raise ConfigError(f"{key}: a value is required")
+    raise ConfigError(f"{key}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
+
+
+def validate(config: Config) -> None:
+    """Range and file checks that types alone cannot express."""
+    ei, ev, data = config.expert_iteration, config.eval, config.data
+    for key, value in [("expert_iteration.max_new_tokens", ei.max_new_tokens), ("eval.max_new_tokens", ev.max_new_tokens),
+                       ("eval.batch_size", ev.batch_size), ("expert_iteration.samples_per_question", ei.samples_per_question),
+                       ("data.num_eval", data.num_eval)]:
+        if value < 1:
+            raise ConfigError(f"{key} must be >= 1 (a token budget or count below one cannot run); got {value}")
+    if data.fewshot < 0:
+        raise ConfigError(f"data.fewshot must be >= 0; got {data.fewshot}")
+    if config.model.path != "toy" and config.model.gguf is None and config.task != "toy_pretrain":
+        if not (Path(config.model.path) / "config.json").is_file():
+            raise ConfigError(f"model.path: {config.model.path} has no config.json; point it at a Hugging Face "
+                              "checkpoint directory, or use model.gguf for a GGUF file")
+    if config.model.gguf is not None and not Path(config.model.gguf).is_file():
+        raise ConfigError(f"model.gguf: file {config.model.gguf} does not exist")
+    for key in ("train_path", "eval_path"):
+        value = getattr(data, key)
+        if value is not None and data.source == "local" and not Path(value).exists():
+            raise ConfigError(f"data.{key}: {value} does not exist; run `python -m metajax.data.prepare` "
+                              "or point it at the dataset's local file")
+    if data.dataset != "toy" and data.source == "local" and data.train_path is None and config.task in ("ram", "star"):
+        raise ConfigError(f"data.train_path is required for dataset {data.dataset!r} with source 'local'")
+    unknown = [m for m in ev.methods if m not in ("direct", "cot", "star", "ram")]
+    if unknown:
+        raise ConfigError(f"eval.methods: unknown method {unknown[0]!r}; choose from direct, cot, star, ram")

@@ -1,0 +1,84 @@
+"""The run configuration and the command line's handling of bad configs."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from metajax.config import Config, ConfigError, _read_yaml, build, load_config
+
+CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+
+
+def test_defaults_and_overrides():
+    config = load_config(None, ["expert_iteration.iterations=2", "train.learning_rate=3e-4", "seed=7",
+                                "eval.methods=[cot, ram]"])
+    assert config.expert_iteration.iterations == 2
+    assert config.train.learning_rate == pytest.approx(3e-4)
+    assert config.seed == 7
+    assert config.eval.methods == ("cot", "ram")
+    # RaM paper defaults where nothing overrides them
+    assert (config.expert_iteration.samples_per_question, config.expert_iteration.gamma) == (3, 0.1)
+    assert config.expert_iteration.eps == pytest.approx(1e-4)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("foo=1", r"unknown key 'foo'; valid keys here: data, eval"),
+    ("expert_iteration.iterationz=1", r"unknown key 'expert_iteration.iterationz'"),
+    ("expert_iteration.iterations=abc", r"expert_iteration.iterations: expected int, got 'abc'"),
+    ("expert_iteration.max_new_tokens=-5", r"expert_iteration.max_new_tokens must be >= 1"),
+    ("eval.max_new_tokens=0", r"eval.max_new_tokens must be >= 1"),
+    ("model.path=/no/such/dir", r"model.path: /no/such/dir has no config.json"),
+    ("model.gguf=/no/such.gguf", r"model.gguf: file /no/such.gguf does not exist"),
+    ("task=blah", r"task: 'blah' is not one of"),
+    ("eval.methods=[cot, magic]", r"unknown method 'magic'"),
+    ("novalue", r"must look like key.sub=value"),
+])
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_base_files_merge(tmp_path):
+    (tmp_path / "base.yaml").write_text("seed: 3\nexpert_iteration:\n  iterations: 5\n  gamma: 0.2\n")
+    (tmp_path / "child.yaml").write_text("base: base.yaml\nexpert_iteration:\n  iterations: 1\n")
+    config = load_config(tmp_path / "child.yaml")
+    assert (config.seed, config.expert_iteration.iterations, config.expert_iteration.gamma) == (3, 1, 0.2)
+    (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
+    with pytest.raises(ConfigError, match="includes itself"):
+        load_config(tmp_path / "loop.yaml")
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_shipped_configs_have_valid_keys_and_types(path):
+    # Paper configs point at checkpoints and data a user provides; keys and types must be right anyway.
+    config = build(Config, _read_yaml(path), "")
+    assert config.task in ("ram", "star", "eval", "toy_pretrain", "convert")
+
+
+def _cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "metajax.main", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=120)
+
+
+def test_cli_rejects_bad_configs_with_status_2_and_writes_nothing(tmp_path):
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("expert_iteration: [unclosed\n")
+    negative = tmp_path / "negative.yaml"
+    negative.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"), "eval": {"max_new_tokens": -1}}))
+    cases = [
+        (["--config", str(tmp_path / "missing.yaml")], "config file .*missing.yaml does not exist"),
+        (["--config", str(bad_yaml)], "bad.yaml is not valid YAML"),
+        (["--config", str(negative)], "eval.max_new_tokens must be >= 1"),
+        (["--set", f"run_dir={tmp_path / 'run'}", "--set", "wrong.key=1"], "unknown key 'wrong'"),
+    ]
+    for args, message in cases:
+        result = _cli(*args, cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("metajax: config error:"), result.stderr
+        assert re.search(message, lines[0]), lines[0]
+    assert not (tmp_path / "run").exists()
