@@ -56,8 +56,7 @@ def chain_logprobs(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[
     """log p(y | x, z) and log p(y | x) for n (question, chain, answer) triples, in one batch.
 
     Each row i scores the answer tokens `answers[i]` twice: after `prompts[i] + thoughts[i]`, and
-    after `prompts[i] + direct_thought` (the empty-thought answer: RaM's p(y | x)). The 2n sequences
-    are right-padded to a power-of-two length, so repeated calls reuse a few compilations.
+    after `prompts[i] + direct_thought` (the empty-thought answer: RaM's p(y | x)).
 
     Returns:
       (logp_with_chain float32[n], logp_direct float32[n]) as numpy arrays.
@@ -65,20 +64,37 @@ def chain_logprobs(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[
     n = len(prompts)
     if not (len(thoughts) == len(answers) == n):
         raise ValueError(f"chain_logprobs got {n} prompts, {len(thoughts)} thoughts and {len(answers)} answers")
-    if any(len(a) == 0 for a in answers):
-        raise ValueError("every answer needs at least one token to score")
-    if any(len(p) == 0 for p in prompts):
-        raise ValueError("every prompt needs at least one token (a BOS, say) before the answer")
-    rows, targets = [], []
-    for context_of in (lambda i: list(prompts[i]) + list(thoughts[i]), lambda i: list(prompts[i]) + list(direct_thought)):
+    sequences = []
+    for middle in (lambda i: list(thoughts[i]), lambda i: list(direct_thought)):
         for i in range(n):
-            context = context_of(i)
-            rows.append(context + list(answers[i]))
-            targets.append((len(context), len(context) + len(answers[i])))
-    length = bucket(max(len(r) for r in rows))
-    tokens, mask = pad_rows(rows, length=length, pad_id=pad_id)
-    target_mask = np.zeros_like(mask)
-    for i, (start, end) in enumerate(targets):
-        target_mask[i, start:end] = True
-    scores = np.asarray(_jit_sequence_logprobs(params, cfg, tokens, target_mask, attention_mask=mask))
+            context = list(prompts[i]) + middle(i)
+            sequences.append((context + list(answers[i]), [False] * len(context) + [True] * len(answers[i])))
+    scores = score_sequences(params, cfg, sequences, pad_id=pad_id)
     return scores[:n], scores[n:]
+
+
+def score_sequences(params: Params, cfg: ModelConfig, sequences: Sequence[tuple[Sequence[int], Sequence[bool]]],
+                    *, pad_id: int = 0, batch_size: int = 64) -> np.ndarray:
+    """`sequence_logprobs` of ragged (tokens, target_mask) pairs: float32[len(sequences)].
+
+    Rows are right-padded to a power-of-two length and grouped into batches of `batch_size` (the last
+    padded with empty rows), so repeated calls reuse a few compilations.
+    """
+    for i, (tokens, mask) in enumerate(sequences):
+        if len(tokens) != len(mask):
+            raise ValueError(f"sequence {i}: {len(tokens)} tokens but a target mask of {len(mask)}")
+        if not any(mask):
+            raise ValueError(f"sequence {i} has no target token to score")
+        if mask[0]:
+            raise ValueError(f"sequence {i}: the first token has no context and cannot be a target")
+    scores = np.zeros(len(sequences), np.float32)
+    for start in range(0, len(sequences), batch_size):
+        chunk = list(sequences[start:start + batch_size])
+        rows = bucket(len(chunk), minimum=1)
+        length = bucket(max(len(t) for t, _ in chunk))
+        tokens, attention = pad_rows([t for t, _ in chunk] + [[pad_id]] * (rows - len(chunk)), length=length,
+                                     pad_id=pad_id)
+        targets, _ = pad_rows([list(m) for _, m in chunk] + [[False]] * (rows - len(chunk)), length=length, pad_id=0)
+        result = _jit_sequence_logprobs(params, cfg, tokens, targets.astype(bool), attention_mask=attention)
+        scores[start:start + len(chunk)] = np.asarray(result)[:len(chunk)]
+    return scores
