@@ -353,7 +353,7 @@ _INLINE_MATH = re.compile(
     r"\$\$?([^$]{1,%d})\$|\\\((.{1,%d}?)\\\)" % (MAX_MATH_CHARS, MAX_MATH_CHARS))
 _TWO_WORDS = re.compile(r"(?<![\\\w])[A-Za-z]{2,}\s+[A-Za-z]{2,}")
 _EXPONENT_TOWER = re.compile(r"\^\s*(?:\{[^}]*|\([^)]*|\\?\w+\s*)\^")
-_BIG_EXPONENT = re.compile(r"\^\s*\{?\s*\d{4}")
+_BIG_EXPONENT = re.compile(r"\^\s*\{?\s*\d{5}")
 _BIG_FACTORIAL = re.compile(r"(?:\d{4}|\))\s*!")
 _BINOMIAL = re.compile(r"\\[dt]?binom|\\choose")
 _FOUR_DIGITS = re.compile(r"\d{4}")
