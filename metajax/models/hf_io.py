@@ -87,7 +87,7 @@ def save_hf(params: Params, cfg: ModelConfig, path: str | os.PathLike, *,
     if path.exists() and not overwrite:
         raise CheckpointError(f"{path} exists; pass overwrite=True to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    staging = staging_dir(path)
     try:
         if path.is_dir():
             for item in path.iterdir():
@@ -99,7 +99,7 @@ def save_hf(params: Params, cfg: ModelConfig, path: str | os.PathLike, *,
         if jax.process_index() == 0:
             (staging / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
         _write_safetensors_shards(_hf_tensors(params, cfg, dtype), staging, max_shard_bytes)
-        _replace_dir(staging, path)
+        replace_dir(staging, path)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -403,7 +403,17 @@ def _is_weight_or_config(name: str) -> bool:
             or name in _PICKLE_WEIGHTS)
 
 
-def _replace_dir(staging: Path, target: Path) -> None:
+def staging_dir(target: Path) -> Path:
+    """An empty directory beside `target` to build it in, with the permissions a plain mkdir would
+    give (mkdtemp makes it owner-only)."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)
+    return staging
+
+
+def replace_dir(staging: Path, target: Path) -> None:
     """Moves `staging` to `target`; an existing `target` is set aside first and only deleted once
     the new directory is in place."""
     if jax.process_index() != 0:
