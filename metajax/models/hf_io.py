@@ -91,7 +91,9 @@ def save_hf(params: Params, cfg: ModelConfig, path: str | os.PathLike, *,
     try:
         if path.is_dir():
             for item in path.iterdir():
-                if item.is_file() and not _is_weight_or_config(item.name):
+                if item.is_dir() and not item.name.startswith("."):
+                    shutil.copytree(item, staging / item.name)
+                elif item.is_file() and not _is_weight_or_config(item.name):
                     shutil.copy2(item, staging / item.name)
         hf_config = config_to_hf(cfg)
         if dtype is not None:
@@ -273,9 +275,9 @@ class SafetensorsReader(Mapping):
 
     def __getitem__(self, name: str) -> np.ndarray:
         file, dtype, shape, offset = self._entries[name]
-        if not shape or 0 in shape:
+        if 0 in shape:
             return np.zeros(shape, dtype)
-        return np.memmap(file, dtype=dtype, mode="r", offset=offset, shape=shape)
+        return np.memmap(file, dtype=dtype, mode="r", offset=offset, shape=shape or (1,)).reshape(shape)
 
     def __iter__(self):
         return iter(self._entries)
@@ -424,7 +426,12 @@ def replace_dir(staging: Path, target: Path) -> None:
         old = target.with_name(f".{target.name}.old")
         shutil.rmtree(old, ignore_errors=True)
         target.rename(old)
-    staging.rename(target)
+    try:
+        staging.rename(target)
+    except BaseException:
+        if old is not None:
+            old.rename(target)
+        raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 

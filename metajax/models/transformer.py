@@ -15,6 +15,7 @@ Three entry points share `_block`:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
 
@@ -81,13 +82,23 @@ def init_params(cfg: ModelConfig, rng: jax.Array, *, dtype=jnp.float32, std: flo
                 mesh=None) -> Params:
     """Random params (normal(0, std) matrices, unit norms, zero biases), built on their shardings
     when `mesh` is given."""
+    return _init_params_jit(cfg, jnp.dtype(dtype), mesh)(rng, std)
+
+
+@functools.cache
+def _init_params_jit(cfg: ModelConfig, dtype, mesh):
+    """One compiled initialiser per (config, dtype, mesh)."""
     specs = param_specs(cfg)
     leaves, treedef = jax.tree.flatten(specs, is_leaf=is_param_spec)
-    keys = jax.random.split(rng, len(leaves))
+    out_shardings = None
+    if mesh is not None:
+        from metajax.models.sharding import named_sharding
+        out_shardings = jax.tree.map(lambda s: named_sharding(mesh, s.logical_axes, s.shape), specs,
+                                     is_leaf=is_param_spec)
 
-    def build(keys):
+    def build(rng, std):
         arrays = []
-        for spec, key in zip(leaves, keys):
+        for spec, key in zip(leaves, jax.random.split(rng, len(leaves))):
             if spec.init == "ones":
                 arrays.append(jnp.ones(spec.shape, dtype))
             elif spec.init == "zeros":
@@ -96,12 +107,7 @@ def init_params(cfg: ModelConfig, rng: jax.Array, *, dtype=jnp.float32, std: flo
                 arrays.append((std * jax.random.normal(key, spec.shape, jnp.float32)).astype(dtype))
         return jax.tree.unflatten(treedef, arrays)
 
-    out_shardings = None
-    if mesh is not None:
-        from metajax.models.sharding import named_sharding
-        out_shardings = jax.tree.map(lambda s: named_sharding(mesh, s.logical_axes, s.shape), specs,
-                                     is_leaf=is_param_spec)
-    return jax.jit(build, out_shardings=out_shardings)(keys)
+    return jax.jit(build, out_shardings=out_shardings)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -10,23 +10,40 @@ import numpy as np
 
 from metajax.batching import bucket, pad_rows
 from metajax.models.config import ModelConfig
-from metajax.models.transformer import Params, forward
+from metajax.models.transformer import Params, forward, hidden_states, logits_from_hidden
 
 
 def sequence_logprobs(params: Params, cfg: ModelConfig, tokens: jax.Array, target_mask: jax.Array, *,
-                      attention_mask: jax.Array | None = None, segment_ids: jax.Array | None = None
-                      ) -> jax.Array:
+                      attention_mask: jax.Array | None = None, segment_ids: jax.Array | None = None,
+                      max_targets: int | None = None) -> jax.Array:
     """sum_t log p(tokens[t] | tokens[:t]) over positions where `target_mask` is true.
 
     Args:
       tokens: int32[batch, seq].
       target_mask: bool[batch, seq]; position 0 has no context and must not be a target.
       attention_mask, segment_ids: as in `metajax.models.forward` (padding, packing).
+      max_targets: static bound on the targets of any row. With it, vocabulary logits are computed
+        only at the (at most `max_targets`) positions that predict a target, instead of all `seq`:
+        the vocabulary projection is the largest single matmul of a small model. Rows with more
+        targets than this would lose the extra ones, so pass an upper bound (e.g. a power-of-two
+        bucket of the longest answer).
     Returns:
       float32[batch].
     """
-    per_token = token_logprobs(params, cfg, tokens, attention_mask=attention_mask, segment_ids=segment_ids)
-    return jnp.sum(jnp.where(target_mask.astype(bool), per_token, 0.0), axis=-1)
+    target_mask = target_mask.astype(bool)
+    if max_targets is None:
+        per_token = token_logprobs(params, cfg, tokens, attention_mask=attention_mask, segment_ids=segment_ids)
+        return jnp.sum(jnp.where(target_mask, per_token, 0.0), axis=-1)
+    hidden, _ = hidden_states(params, cfg, tokens, attention_mask=attention_mask, segment_ids=segment_ids)
+    positions = jax.vmap(lambda row: jnp.nonzero(row, size=max_targets, fill_value=0)[0])(target_mask)
+    valid = jnp.arange(max_targets) < jnp.sum(target_mask, axis=-1, keepdims=True)
+    # The token at position t is predicted by the hidden state at t - 1.
+    predicting = jnp.take_along_axis(hidden, jnp.maximum(positions - 1, 0)[..., None], axis=1)
+    logits = logits_from_hidden(params, cfg, predicting)
+    targets = jnp.take_along_axis(tokens, positions, axis=1)
+    picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    scores = picked - jax.nn.logsumexp(logits, axis=-1)
+    return jnp.sum(jnp.where(valid, scores, 0.0), axis=-1)
 
 
 def token_logprobs(params: Params, cfg: ModelConfig, tokens: jax.Array, *,
@@ -47,7 +64,7 @@ def logprobs_of_tokens(logits: jax.Array, tokens: jax.Array) -> jax.Array:
     return jnp.pad(scores, ((0, 0), (1, 0)))
 
 
-_jit_sequence_logprobs = jax.jit(sequence_logprobs, static_argnums=1)
+_jit_sequence_logprobs = jax.jit(sequence_logprobs, static_argnums=1, static_argnames="max_targets")
 
 
 def chain_logprobs(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
@@ -64,6 +81,11 @@ def chain_logprobs(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[
     n = len(prompts)
     if not (len(thoughts) == len(answers) == n):
         raise ValueError(f"chain_logprobs got {n} prompts, {len(thoughts)} thoughts and {len(answers)} answers")
+    for i in range(n):
+        if not prompts[i]:
+            raise ValueError(f"triple {i}: the prompt is empty; it needs at least one token (a BOS, say)")
+        if not answers[i]:
+            raise ValueError(f"triple {i}: the answer is empty; there is nothing to score")
     sequences = []
     for middle in (lambda i: list(thoughts[i]), lambda i: list(direct_thought)):
         for i in range(n):
@@ -95,6 +117,8 @@ def score_sequences(params: Params, cfg: ModelConfig, sequences: Sequence[tuple[
         tokens, attention = pad_rows([t for t, _ in chunk] + [[pad_id]] * (rows - len(chunk)), length=length,
                                      pad_id=pad_id)
         targets, _ = pad_rows([list(m) for _, m in chunk] + [[False]] * (rows - len(chunk)), length=length, pad_id=0)
-        result = _jit_sequence_logprobs(params, cfg, tokens, targets.astype(bool), attention_mask=attention)
+        max_targets = bucket(int(targets.sum(axis=1).max()), minimum=8)
+        result = _jit_sequence_logprobs(params, cfg, tokens, targets.astype(bool), attention_mask=attention,
+                                        max_targets=max_targets)
         scores[start:start + len(chunk)] = np.asarray(result)[:len(chunk)]
     return scores

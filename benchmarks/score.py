@@ -1,0 +1,136 @@
+"""Chain-scoring throughput: metajax's jitted `sequence_logprobs` against transformers.
+
+Both systems score the same batch with the same weights: transformers' PyTorch forward under
+`torch.inference_mode()`, then `log_softmax` and a gather of the target tokens (what RaM's reward
+code does), against `metajax.rewards.logprobs.sequence_logprobs` under `jax.jit`. The results are
+compared before anything is timed.
+
+Reported: target tokens scored per second, the ratio metajax / transformers, and model FLOP
+utilisation: `cfg.flops_per_token(seq) * batch * seq / seconds` over the machine's measured matmul
+rate in the same dtype. The FLOP count takes every position (the forward and the vocabulary
+projection run over all of them, targets or not) and attention over all `seq` keys, without
+discounting the causal half (dense masked attention computes it anyway).
+
+    python benchmarks/score.py                  # ~100M Llama, fp32, 8 x 512, on this machine
+    python benchmarks/score.py --small          # smoke run in seconds
+    python benchmarks/score.py --dtype bfloat16 # on a GPU: bf16 against a bf16 matmul probe
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import jax
+import numpy as np
+
+if __package__ in (None, ""):  # run as a script: make `benchmarks.common` importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.common import (benchmark_parser, build_twin_models, check_args, format_table,
+                               machine_summary, matmul_flops_per_second, reference_config, time_calls,
+                               torch_device, use_all_cores)
+from metajax.rewards.logprobs import sequence_logprobs
+
+# Largest |metajax - transformers| tolerated, relative to the largest |score|: float32 sums of a
+# few hundred log-probs agree to ~1e-6; bfloat16 activations round at ~4e-3 per op.
+AGREEMENT = {"float32": 1e-4, "bfloat16": 5e-2}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = benchmark_parser(__doc__.splitlines()[0], batch=8, seq=512)
+    parser.add_argument("--matmul-size", type=int, default=None,
+                        help="side of the square matmul probe (default 2048 on CPU, 8192 elsewhere)")
+    args = parser.parse_args(argv)
+    check_args(args)
+    if args.seq < 2:
+        raise ValueError(f"--seq must be at least 2 (position 0 cannot be a target), got {args.seq}")
+
+    import torch
+
+    threads = use_all_cores()
+    cfg = reference_config(small=args.small, max_position_embeddings=max(2048, args.seq))
+    hf_model, params, cfg = build_twin_models(cfg, args.dtype, seed=args.seed)
+    tokens, target_mask = scoring_batch(cfg.vocab_size, args.batch, args.seq, seed=args.seed)
+    attention_mask = np.ones_like(target_mask)
+
+    print(machine_summary())
+    print(f"torch {torch.__version__} on {torch_device()}, torch.get_num_threads() = {threads}; "
+          f"XLA_FLAGS = {os.environ.get('XLA_FLAGS', '(unset)')!r}")
+    print(f"model: Llama, {cfg.num_params:,} parameters (hidden {cfg.hidden_size}, {cfg.num_layers} layers, "
+          f"{cfg.num_heads} heads / {cfg.num_kv_heads} kv heads, intermediate {cfg.intermediate_size}, "
+          f"vocab {cfg.vocab_size}), {args.dtype}")
+    print(f"batch: {args.batch} x {args.seq} tokens, {int(target_mask.sum())} targets "
+          f"(the last {args.seq - args.seq // 2} positions of each row)")
+
+    # As `score_sequences` does: vocabulary logits only where a target is predicted.
+    max_targets = int(target_mask.sum(axis=1).max())
+    score = jax.jit(sequence_logprobs, static_argnums=1, static_argnames="max_targets")
+    device = torch_device()
+    torch_tokens = torch.from_numpy(tokens).to(device)
+    torch_targets = torch.from_numpy(target_mask).to(device)
+    torch_attention = torch.from_numpy(attention_mask).to(device)
+
+    def run_metajax():
+        return jax.block_until_ready(score(params, cfg, tokens, target_mask, attention_mask=attention_mask,
+                                           max_targets=max_targets))
+
+    def run_transformers():
+        return transformers_sequence_logprobs(hf_model, torch_tokens, torch_targets, torch_attention)
+
+    ours, theirs = np.asarray(run_metajax()), run_transformers()  # also compiles metajax
+    diff = float(np.max(np.abs(ours - theirs)))
+    print(f"agreement: max |metajax - transformers| = {diff:.3g} over scores of magnitude up to "
+          f"{np.max(np.abs(theirs)):.4g}")
+    if not diff <= AGREEMENT[args.dtype] * np.max(np.abs(theirs)):
+        raise SystemExit(f"metajax and transformers disagree (max abs diff {diff:.3g}); not timing")
+
+    # The agreement check above was each system's first call (metajax compiled there).
+    timings = time_calls({"metajax": run_metajax, "transformers": run_transformers},
+                         warmup=args.warmup, repeats=args.repeats)
+    matmul_size = args.matmul_size or (2048 if jax.default_backend() == "cpu" else 8192)
+    peak = matmul_flops_per_second(args.dtype, size=matmul_size)
+    targets = int(target_mask.sum())
+    # Useful work: the whole stack over every position, the vocabulary projection only where a
+    # target is scored (transformers computes it everywhere; that surplus is not counted for it).
+    projection = 2.0 * cfg.hidden_size * cfg.vocab_size
+    flops = (cfg.flops_per_token(args.seq) - projection) * args.batch * args.seq + projection * targets
+
+    rows = []
+    for name, timing in timings.items():
+        achieved = flops / timing.median
+        rows.append((name, timing.median, f"{timing.spread:.1%}", targets / timing.median,
+                     achieved / 1e9, f"{achieved / peak:.1%}"))
+    print(f"\nmatmul probe: {matmul_size}^3 {args.dtype} jnp.dot = {peak / 1e9:.4g} GFLOP/s; useful model work "
+          f"= {flops / 1e9:.4g} GFLOP per call ({args.batch * args.seq} tokens, {targets} scored)")
+    print(format_table(
+        ("system", "median s", "spread", "target tok/s", "model GFLOP/s", "MFU"), rows))
+    ratio = timings["transformers"].median / timings["metajax"].median
+    print(f"\nmetajax / transformers throughput: {ratio:.3g}x "
+          f"(median of {args.repeats} interleaved calls each)")
+
+
+def scoring_batch(vocab_size: int, batch: int, seq: int, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Random tokens int32[batch, seq] and a target mask bool[batch, seq] over each row's second half:
+    a prompt and chain of thought as context, an answer of about the same length to score."""
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(0, vocab_size, size=(batch, seq), dtype=np.int32)
+    target_mask = np.zeros((batch, seq), bool)
+    target_mask[:, seq // 2:] = True
+    return tokens, target_mask
+
+
+def transformers_sequence_logprobs(model, tokens, target_mask, attention_mask) -> np.ndarray:
+    """float32[batch]: sum of log p(tokens[t] | tokens[:t]) over `target_mask`, the usual PyTorch way
+    (full-vocabulary log_softmax in float32, then a gather)."""
+    import torch
+
+    with torch.inference_mode():
+        logits = model(input_ids=tokens.long(), attention_mask=attention_mask.long()).logits
+        logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+        picked = logprobs.gather(-1, tokens[:, 1:, None].long())[..., 0]
+        return (picked * target_mask[:, 1:]).sum(-1).cpu().numpy()
+
+
+if __name__ == "__main__":
+    main()

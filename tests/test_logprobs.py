@@ -1,0 +1,152 @@
+"""Sequence and chain log-probabilities against transformers' logits passed through torch.log_softmax."""
+
+import jax
+import numpy as np
+import pytest
+
+from metajax.batching import bucket, pad_rows
+from metajax.models import load_hf
+from metajax.rewards.logprobs import chain_logprobs, logprobs_of_tokens, score_sequences, sequence_logprobs
+
+jit_sequence_logprobs = jax.jit(sequence_logprobs, static_argnums=1)
+
+# Sums over up to 54 targets agree with transformers to a few 1e-5 (float32 logits within 1e-4 at
+# worst); 1e-3 leaves room for that, while scoring the wrong position or token moves a sum by O(1).
+ATOL = 1e-3
+
+
+def _reference_token_logprobs(ckpt, tokens):
+    """float64[len(tokens)]: log p(tokens[t] | tokens[:t]) from transformers for one unpadded
+    sequence (entry 0, which has no context, is 0)."""
+    import torch
+    logits = torch.as_tensor(ckpt.logits(np.asarray(tokens)[None])[0, :-1], dtype=torch.float64)
+    logp = torch.log_softmax(logits, dim=-1).numpy()
+    return np.concatenate([[0.0], logp[np.arange(len(tokens) - 1), np.asarray(tokens)[1:]]])
+
+
+def _reference_logprob(ckpt, context, answer):
+    """log p(answer | context) from transformers."""
+    return _reference_token_logprobs(ckpt, list(context) + list(answer))[len(context):].sum()
+
+
+@pytest.fixture(scope="module")
+def llama3(hf_checkpoint):
+    ckpt = hf_checkpoint("llama3")
+    params, cfg = load_hf(ckpt.path)
+    return ckpt, params, cfg
+
+
+def test_sequence_logprobs_match_transformers(llama3):
+    ckpt, params, cfg = llama3
+    rng = np.random.default_rng(0)
+    lengths, context, width = (64, 50, 33, 12), 10, 64
+    tokens = rng.integers(1, cfg.vocab_size, (len(lengths), width), dtype=np.int32)
+    attention_mask = np.arange(width)[None] < np.array(lengths)[:, None]  # right padding
+    target_mask = attention_mask & (np.arange(width)[None] >= context)
+
+    ours = np.asarray(jit_sequence_logprobs(params, cfg, tokens, target_mask, attention_mask=attention_mask))
+
+    expected = [_reference_logprob(ckpt, row[:context], row[context:n]) for row, n in zip(tokens, lengths)]
+    assert ours.shape == (len(lengths),) and ours.dtype == np.float32
+    np.testing.assert_allclose(ours, expected, atol=ATOL, rtol=0)
+
+
+def test_logprobs_of_tokens_against_numpy():
+    rng = np.random.default_rng(1)
+    logits = rng.standard_normal((2, 5, 7)).astype(np.float32) * 3
+    tokens = rng.integers(0, 7, (2, 5))
+    shifted = logits[:, :-1] - np.log(np.exp(logits[:, :-1]).sum(-1, keepdims=True))
+    expected = np.take_along_axis(shifted, tokens[:, 1:, None], axis=-1)[..., 0]
+
+    ours = np.asarray(logprobs_of_tokens(logits, tokens))
+
+    assert ours.shape == (2, 5)
+    np.testing.assert_array_equal(ours[:, 0], 0.0)
+    np.testing.assert_allclose(ours[:, 1:], expected, atol=1e-5, rtol=0)
+
+
+def test_chain_logprobs_match_separately_scored_sequences(llama3):
+    ckpt, params, cfg = llama3
+    rng = np.random.default_rng(2)
+
+    def draw(*lengths):
+        return [rng.integers(1, cfg.vocab_size, n).tolist() for n in lengths]
+
+    prompts, thoughts, answers = draw(3, 7, 1), draw(0, 12, 5), draw(2, 1, 6)
+    direct = draw(4)[0]
+
+    with_chain, without = chain_logprobs(params, cfg, prompts, thoughts, answers, direct_thought=direct)
+
+    expected_chain = [_reference_logprob(ckpt, p + t, a) for p, t, a in zip(prompts, thoughts, answers)]
+    expected_direct = [_reference_logprob(ckpt, p + direct, a) for p, a in zip(prompts, answers)]
+    assert with_chain.shape == without.shape == (3,)
+    np.testing.assert_allclose(with_chain, expected_chain, atol=ATOL, rtol=0)
+    np.testing.assert_allclose(without, expected_direct, atol=ATOL, rtol=0)
+    # Row 0 has an empty thought: both scores are of the same answer after prompt + (nothing | direct).
+    assert not np.isclose(with_chain[0], without[0])
+
+
+def test_score_sequences_over_several_batches(llama3):
+    """Nine ragged sequences in batches of 8 (the second holds one real row), with targets anywhere
+    after the first token."""
+    ckpt, params, cfg = llama3
+    rng = np.random.default_rng(3)
+    lengths = (32, 2, 17, 9, 25, 3, 30, 11, 20)
+    sequences = []
+    for n in lengths:
+        mask = rng.random(n) < 0.5
+        mask[0], mask[rng.integers(1, n)] = False, True
+        sequences.append((rng.integers(1, cfg.vocab_size, n).tolist(), mask.tolist()))
+
+    ours = score_sequences(params, cfg, sequences, batch_size=8)
+
+    expected = [_reference_token_logprobs(ckpt, tokens)[mask].sum() for tokens, mask in sequences]
+    np.testing.assert_allclose(ours, expected, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("prompts,thoughts,answers,message", [
+    ([[1], [2]], [[3]], [[4], [5]], "got 2 prompts, 1 thoughts and 2 answers"),
+    ([[1], [2]], [[3], [3]], [[4], []], "triple 1: the answer is empty"),
+    ([[]], [[3]], [[4]], "triple 0: the prompt is empty"),
+])
+def test_chain_logprobs_rejects_bad_inputs(llama3, prompts, thoughts, answers, message):
+    _, params, cfg = llama3
+    with pytest.raises(ValueError, match=message):
+        chain_logprobs(params, cfg, prompts, thoughts, answers)
+
+
+@pytest.mark.parametrize("sequences,message", [
+    ([([1, 2, 3], [False, True])], "sequence 0: 3 tokens but a target mask of 2"),
+    ([([1, 2], [False, True]), ([1, 2], [False, False])], "sequence 1 has no target token to score"),
+])
+def test_score_sequences_rejects_bad_inputs(llama3, sequences, message):
+    _, params, cfg = llama3
+    with pytest.raises(ValueError, match=message):
+        score_sequences(params, cfg, sequences)
+
+
+# ----------------------------------------------------------------------------------------------
+# The padding helpers chain_logprobs and score_sequences batch with.
+
+
+@pytest.mark.parametrize("n,minimum,expected", [(0, 16, 16), (1, 16, 16), (16, 16, 16), (17, 16, 32),
+                                                (100, 16, 128), (1, 1, 1), (3, 1, 4), (64, 1, 64)])
+def test_bucket(n, minimum, expected):
+    assert bucket(n, minimum=minimum) == expected
+
+
+@pytest.mark.parametrize("left", [False, True])
+def test_pad_rows(left):
+    tokens, mask = pad_rows([[5, 6, 7], [8], []], length=4, pad_id=9, left=left)
+    if left:
+        expected = [[9, 5, 6, 7], [9, 9, 9, 8], [9, 9, 9, 9]]
+    else:
+        expected = [[5, 6, 7, 9], [8, 9, 9, 9], [9, 9, 9, 9]]
+    assert tokens.dtype == np.int32 and mask.dtype == bool
+    np.testing.assert_array_equal(tokens, expected)
+    np.testing.assert_array_equal(mask, np.array(expected) != 9)
+
+
+def test_pad_rows_rejects_rows_longer_than_the_length():
+    with pytest.raises(ValueError, match="row 1 has 3 tokens, more than the padded length 2"):
+        pad_rows([[1], [1, 2, 3]], length=2)
