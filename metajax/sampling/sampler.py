@@ -101,6 +101,10 @@ def generate(params: Params, cfg: ModelConfig, prompts, *, max_new_tokens: int,
     num_prompts, batch = len(rows), len(rows) * n_samples
     extra = len(forced_ending) + answer_allowance
     _validate(cfg, rows, max_new_tokens, n_samples, top_p, top_k, answer_allowance, extra, max_prompt_len)
+    for name, ids in (("forced_ending", forced_ending), ("stop_tokens", stop_tokens)):
+        outside = [t for t in ids if not 0 <= t < cfg.vocab_size]
+        if outside:
+            raise ValueError(f"{name} id {outside[0]} is outside the vocabulary [0, {cfg.vocab_size})")
     budgets = _per_row(budgets if budgets is not None else max_new_tokens, num_prompts, n_samples, np.int32,
                        "budgets", per="prompt")
     if (budgets < 0).any():
@@ -118,9 +122,11 @@ def generate(params: Params, cfg: ModelConfig, prompts, *, max_new_tokens: int,
     padded_rows = rows + [[pad_id]] * (prompt_bucket - num_prompts)
     tokens, mask = pad_rows(padded_rows, length=bucket(max(map(len, rows))), pad_id=pad_id, left=True)
     width = max_new_tokens + extra
-    forced = np.zeros(bucket(len(forced_ending), minimum=1), np.int32)
+    cache_len = bucket(width)
+    # Padded to sizes that do not depend on their lengths, so a new ending or stop set never recompiles.
+    forced = np.zeros(cache_len, np.int32)
     forced[:len(forced_ending)] = forced_ending
-    stops = np.full(bucket(len(stop_tokens), minimum=1), -1, np.int32)
+    stops = np.full(bucket(len(stop_tokens), minimum=8), -1, np.int32)
     stops[:len(stop_tokens)] = stop_tokens
 
     def grid(x, fill):  # [num_prompts * n] -> [prompt_bucket, n], dummy prompts get `fill`
@@ -132,7 +138,7 @@ def generate(params: Params, cfg: ModelConfig, prompts, *, max_new_tokens: int,
         prompts=tokens, prompt_mask=mask, budgets=grid(budgets, 0), temperatures=grid(temps, 0.0),
         limits=np.array([max_new_tokens, len(forced_ending), answer_allowance], np.int32),
         top_p=np.float32(top_p), top_k=np.int32(top_k), stop_tokens=stops, forced_ending=forced)
-    core = partial(_generate_core, cfg=cfg, n_samples=n_samples, cache_len=bucket(width), cache_dtype=cache_dtype)
+    core = partial(_generate_core, cfg=cfg, n_samples=n_samples, cache_len=cache_len, cache_dtype=cache_dtype)
     if mesh is None:
         out = core(params, rng=rng, **inputs)
     else:
@@ -221,10 +227,15 @@ def _sample(logits, temperatures, top_p, top_k, key):
     """One token per row: argmax where temperature is 0, else a draw from the tempered, top-k and
     top-p filtered distribution. logits: float32[..., vocab]; temperatures: float32[...]."""
     greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    scaled = logits / jnp.maximum(temperatures, 1e-6)[..., None]
-    scaled = jax.lax.cond((top_k > 0) | (top_p < 1.0), lambda x: filter_logits(x, top_p, top_k), lambda x: x, scaled)
-    drawn = jax.random.categorical(key, scaled, axis=-1).astype(jnp.int32)
-    return jnp.where(temperatures > 0, drawn, greedy)
+
+    def draw(logits):
+        scaled = logits / jnp.maximum(temperatures, 1e-6)[..., None]
+        scaled = jax.lax.cond((top_k > 0) | (top_p < 1.0), lambda x: filter_logits(x, top_p, top_k), lambda x: x,
+                              scaled)
+        return jnp.where(temperatures > 0, jax.random.categorical(key, scaled, axis=-1).astype(jnp.int32), greedy)
+
+    # All-greedy batches skip the random draw over the vocabulary (the benchmark's and evaluation's case).
+    return jax.lax.cond(jnp.any(temperatures > 0), draw, lambda _: greedy, logits)
 
 
 def filter_logits(logits: jax.Array, top_p, top_k) -> jax.Array:
@@ -242,7 +253,8 @@ def filter_logits(logits: jax.Array, top_p, top_k) -> jax.Array:
     ordered = jnp.where(ranks < k, ordered, -jnp.inf)
     probs = jax.nn.softmax(ordered, axis=-1)
     mass_before = jnp.cumsum(probs, axis=-1) - probs  # probability of strictly more likely tokens
-    in_nucleus = (mass_before < top_p) & (ranks < k)
+    # top_p = 1 keeps everything: float32 cumulative mass can reach 1 before the smallest tokens.
+    in_nucleus = ((mass_before < top_p) | (top_p >= 1.0)) & (ranks < k)
     cutoff = jnp.min(jnp.where(in_nucleus, ordered, jnp.inf), axis=-1, keepdims=True)
     cutoff = jnp.maximum(cutoff, kth_value)
     return jnp.where(logits >= cutoff, logits, -jnp.inf)
