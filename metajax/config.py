@@ -19,6 +19,7 @@ from typing import Any, Literal
 import yaml
 
 from metajax.algorithms.expert_iteration import ExpertIterationConfig
+from metajax.algorithms.toy_pretrain import SHIPPED_WORLD, ToyPretrainConfig
 from metajax.data.toy import ToyWorldConfig
 from metajax.models.sharding import MeshConfig
 from metajax.train.optim import OptimizerConfig
@@ -54,6 +55,7 @@ class DataSection:
     dataset: "toy", or a dataset name of `metajax.data.datasets` (gsm8k, arc_challenge, ...).
     train_path / eval_path: local files in the dataset's own schema (or hub ids with source "hf").
     num_eval: held-out questions to evaluate on. fewshot: examples in rollout prompts (RaM: 5).
+    toy: the toy world (default: the one the bundled toy model was trained on).
     """
 
     dataset: str = "toy"
@@ -63,7 +65,7 @@ class DataSection:
     num_eval: int = 256
     fewshot: int = 0
     on_bad_row: Literal["error", "skip"] = "error"
-    toy: ToyWorldConfig = ToyWorldConfig()
+    toy: ToyWorldConfig = SHIPPED_WORLD
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +94,7 @@ class Config:
     train: OptimizerConfig = OptimizerConfig()
     eval: EvalSection = EvalSection()
     mesh: MeshConfig = MeshConfig()
+    toy_pretrain: ToyPretrainConfig = ToyPretrainConfig()
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: typing.Sequence[str] = ()) -> Config:

@@ -17,12 +17,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="YAML run config (default: the built-in RaM toy run)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set expert_iteration.iterations=2 (repeatable)")
+    parser.add_argument("--distributed", action="store_true",
+                        help="join a multi-host run (TPU pod slice or multi-node GPU): jax.distributed.initialize()")
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config, args.set)
     except ConfigError as e:
         print(f"metajax: config error: {e}", file=sys.stderr)
         return 2
+    if args.distributed:
+        import os
+
+        import jax
+        # On TPU VMs initialize() discovers its peers; GPU launchers export the coordinator address.
+        coordinator = os.environ.get("JAX_COORDINATOR_ADDRESS")
+        if coordinator:
+            jax.distributed.initialize(coordinator, int(os.environ["JAX_NUM_PROCESSES"]),
+                                       int(os.environ["JAX_PROCESS_ID"]))
+        else:
+            jax.distributed.initialize()
     from metajax import pipelines
     pipelines.run(config)
     return 0

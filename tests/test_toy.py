@@ -40,7 +40,7 @@ def test_example_fields_and_answers_match_an_independent_sum():
         assert (ex.answer_type, ex.dataset) == ("numeric", "toy")
 
 
-def test_every_rationale_step_is_one_right_addition_ending_in_the_answer():
+def test_every_rationale_step_merges_the_first_two_numbers_and_ends_in_the_answer():
     seen = set()
     for ex in toy.make_examples(SMALL, 500, seed=1):
         ops = _operands(ex.question)
@@ -48,24 +48,20 @@ def test_every_rationale_step_is_one_right_addition_ending_in_the_answer():
         if len(ops) == 1:
             assert ex.rationale == ""
             continue
-        steps = ex.rationale.split(" ")
-        assert len(steps) == len(ops) - 1
-        running = ops[0]
-        for step, operand in zip(steps, ops[1:]):
-            m = re.fullmatch(r"(\d+)\+(\d+)=(\d+)", step)
-            assert m, step
-            a, b, c = map(int, m.groups())
-            assert (a, b) == (running, operand)
-            assert a + b == c
-            running = c
-        assert str(running) == ex.answer
+        steps = ex.rationale.split(" = ")
+        assert len(steps) == len(ops)
+        assert [int(x) for x in steps[0].split("+")] == ops
+        for before, after in zip(steps, steps[1:]):
+            numbers = [int(x) for x in before.split("+")]
+            assert [int(x) for x in after.split("+")] == [numbers[0] + numbers[1]] + numbers[2:]
+        assert steps[-1] == ex.answer
     assert seen == set(range(1, 9))
 
 
 def test_rationale_of_a_known_question():
     [ex] = [e for e in toy.make_examples(SMALL, 2000, seed=2) if e.difficulty == 3][:1]
     a, b, c = _operands(ex.question)
-    assert ex.rationale == f"{a}+{b}={a + b} {a + b}+{c}={a + b + c}"
+    assert ex.rationale == f"{a}+{b}+{c} = {a + b}+{c} = {a + b + c}"
 
 
 def test_difficulty_distribution_follows_the_weights():
@@ -160,7 +156,7 @@ def test_pretraining_corpus_mixes_formats_and_avoids_eval_questions():
         multi += len(ops) > 1
         thought += m.re is _THOUGHT
         if m.re is _THOUGHT:
-            assert m.group(2).split(" ")[-1].endswith("=" + answer)
+            assert m.group(2).split(" = ")[-1] == answer
     assert abs(thought / multi - 0.3) < 0.04
 
 

@@ -37,7 +37,7 @@ PAD_ID, BOS_ID, EOS_ID, UNK_ID = range(len(SPECIAL_TOKENS))
 # `<predicted_level>Level-3</predicted_level>` and `\boxed{NA}` without a rebuild.
 CHARACTERS: tuple[str, ...] = tuple(sorted(set(string.printable)))
 
-_STEP_SEPARATOR = " "
+_STEP_SEPARATOR = " = "
 
 
 @dataclasses.dataclass(frozen=True)
@@ -276,14 +276,19 @@ def _question(operands: Sequence[int]) -> str:
 
 
 def _example(example_id: str, operands: Sequence[int]) -> Example:
-    """One question with its running-sum rationale: each step adds one operand to the total.
+    """One question with its rewriting rationale: the sum is restated, then each step replaces the
+    first two numbers by their sum and copies the rest ("6+3+4 = 9+4 = 13").
 
-    A single operand needs no step, so its rationale is empty.
+    Every step is one two-number addition plus a copy of text the model has just written, so a
+    tiny transformer can follow it at any length, while answering directly needs the whole sum in
+    one pass. A single operand needs no step, so its rationale is empty.
     """
-    steps, total = [], operands[0]
-    for x in operands[1:]:
-        steps.append(f"{total}+{x}={total + x}")
-        total += x
-    return Example(id=example_id, question=_question(operands), answer=str(total),
+    steps, rest = [], list(operands)
+    while len(rest) > 1:
+        steps.append("+".join(map(str, rest)))
+        rest = [rest[0] + rest[1]] + rest[2:]
+    if steps:
+        steps.append(str(rest[0]))
+    return Example(id=example_id, question=_question(operands), answer=str(rest[0]),
                    answer_type="numeric", dataset="toy", difficulty=len(operands),
                    rationale=_STEP_SEPARATOR.join(steps))

@@ -1,0 +1,113 @@
+"""Run metrics: one JSON object per line in `run_dir/metrics.jsonl`, and TensorBoard if installed."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+
+class MetricsWriter:
+    """Appends `{"step", "stage", "metrics", "time"}` lines to `run_dir/metrics.jsonl`.
+
+    Each line is flushed as it is written, so a crashed run keeps everything logged before the
+    crash, and a resumed run appends to the same file. Non-finite values are written as null (JSON
+    has no NaN). Scalars also go to TensorBoard event files in `run_dir/tensorboard` as
+    "<stage>/<name>" when `tensorboardX` or TensorFlow is importable.
+
+    Args:
+      tensorboard: True requires a TensorBoard writer, False disables it, None uses one if available.
+    """
+
+    def __init__(self, run_dir, *, tensorboard: bool | None = None):
+        self.run_dir = os.fspath(run_dir)
+        os.makedirs(self.run_dir, exist_ok=True)
+        self.path = os.path.join(self.run_dir, "metrics.jsonl")
+        self._file = open(self.path, "a", encoding="utf-8")
+        self._tensorboard = None if tensorboard is False else _tensorboard_writer(
+            os.path.join(self.run_dir, "tensorboard"))
+        if tensorboard and self._tensorboard is None:
+            raise ImportError("tensorboard=True needs `tensorboardX` or `tensorflow`: pip install tensorboardX")
+
+    def write(self, step: int, metrics: dict[str, Any], *, stage: str) -> None:
+        """Logs scalar `metrics` (Python, numpy or JAX numbers) at `step` of `stage`."""
+        values = {name: _scalar(name, value) for name, value in metrics.items()}
+        line = {"step": int(step), "stage": stage,
+                "metrics": {k: v if math.isfinite(v) else None for k, v in values.items()},
+                "time": time.time()}
+        self._file.write(json.dumps(line, allow_nan=False) + "\n")
+        self._file.flush()
+        if self._tensorboard is not None:
+            for name, value in values.items():
+                self._tensorboard.scalar(f"{stage}/{name}", value, int(step))
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+
+    def __enter__(self) -> "MetricsWriter":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def read_metrics(path) -> list[dict]:
+    """The records of a metrics.jsonl file (or of `run_dir/metrics.jsonl` given the run dir)."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        path = os.path.join(path, "metrics.jsonl")
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _scalar(name: str, value) -> float:
+    array = np.asarray(value)
+    if array.size != 1 or not np.issubdtype(array.dtype, np.number) and array.dtype != bool:
+        raise ValueError(f"metric {name!r} must be a single number, got {type(value).__name__} "
+                         f"of shape {array.shape} and dtype {array.dtype}")
+    return float(array.reshape(()))
+
+
+def _tensorboard_writer(log_dir: str):
+    """A TensorBoard scalar writer over whichever library is installed, or None."""
+    try:
+        from tensorboardX import SummaryWriter
+        return _TensorBoardX(SummaryWriter(log_dir))
+    except ImportError:
+        pass
+    try:
+        import tensorflow as tf
+    except ImportError:
+        return None
+    return _TensorFlowSummary(tf, tf.summary.create_file_writer(log_dir))
+
+
+class _TensorBoardX:
+    def __init__(self, writer):
+        self._writer = writer
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        self._writer.add_scalar(tag, value, step)
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+class _TensorFlowSummary:
+    def __init__(self, tf, writer):
+        self._tf, self._writer = tf, writer
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        with self._writer.as_default():
+            self._tf.summary.scalar(tag, value, step=step)
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()

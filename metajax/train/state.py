@@ -1,0 +1,45 @@
+"""The training state: one pytree that jit, donation and orbax checkpoints handle whole."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class TrainState:
+    """Everything a training run needs to continue exactly where it stopped.
+
+    Attributes:
+      params: the (fp32 master) parameters.
+      opt_state: the optimizer's state for `params`.
+      step: int32 scalar, updates applied so far.
+      rng: uint32[2] raw PRNG key data (checkpointable as a plain array); steps that sample split it.
+    """
+
+    params: dict
+    opt_state: optax.OptState
+    step: jax.Array
+    rng: jax.Array
+
+
+def init_train_state(params, optimizer: optax.GradientTransformation, rng: jax.Array) -> TrainState:
+    """A state at step 0 that owns a copy of `params`.
+
+    The copy matters: the train step donates its state, and the caller's `params` (RaM restarts
+    every iteration from the same base model) must survive it. Copies keep each leaf's sharding,
+    and the optimizer state is built eagerly, so its moments take the params' shardings
+    (under jit they would land on one device).
+
+    Args:
+      rng: a PRNG key, typed (`jax.random.key`) or raw (`jax.random.PRNGKey`).
+    """
+    if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
+        rng = jax.random.key_data(rng)
+    params = jax.tree.map(jnp.copy, params)
+    return TrainState(params=params, opt_state=optimizer.init(params),
+                      step=jnp.zeros((), jnp.int32), rng=jnp.asarray(rng, jnp.uint32))
