@@ -1,12 +1,12 @@
 """Pretrains the toy world's tiny Llama from scratch and ships it as a Hugging Face checkpoint.
 
-The model sees a mix of direct texts (`[User] q\\n[Assistant] a\\n`) and texts with a running-sum
-thought (`[User] q\\n<thought> 12+7=19 19+30=49 </thought>\\n[Assistant] 49\\n`), each as
-BOS + text + EOS, with the loss on every token after BOS. A model this small learns to add two
+The model sees a mix of direct texts (`[User] q\\n[Assistant] a\\n`) and texts with a thought that
+rewrites the sum (`[User] 6+3+4=?\\n<thought> 6+3+4 = 9+4 = 13 </thought>\\n[Assistant] 13\\n`), each
+as BOS + text + EOS, with the loss on every token after BOS. A model this small learns to add two
 numbers in one pass but not six, so direct answers are right on easy questions and wrong on hard
-ones; the aim is that answers after a thought (a chain of two-number additions) are right on every
-level, the world where RaM's value of computation pays only on hard questions (the shipped model's
-README.md says how close it gets).
+ones, while answers after a thought (one two-number addition per step) hold up on every level: the
+world where RaM's value of computation pays only on hard questions (the bundled model's README.md
+has its accuracy table).
 
     python -m metajax.algorithms.toy_pretrain --out metajax/assets/toy_model
 """
@@ -34,8 +34,8 @@ from metajax.train import MetricsWriter, OptimizerConfig, train_sft
 DEFAULT_OUT_DIR = Path(__file__).resolve().parent.parent / "assets" / "toy_model"
 
 # Two to six single-digit operands: one addition (level 2) is learnable in a single forward pass,
-# six operands are not; two-digit operands taught a CPU-budget model no arithmetic at all. Level 1 (a bare copy) is left out: it has no thought, so "answer after a thought" is
-# undefined there. Easy levels are common, so a policy that thinks only when needed saves many tokens.
+# six operands are not; two-digit operands taught a CPU-budget model no arithmetic at all. Level 1
+# (a bare copy) is left out: it has no thought, so "answer after a thought" is undefined there. Easy levels are common, so a policy that thinks only when needed saves many tokens.
 SHIPPED_WORLD = toy.ToyWorldConfig(min_operands=2, max_operands=6, operand_min=0, operand_max=9,
                                    difficulty_weights=(3.0, 3.0, 2.0, 1.0, 1.0), n_eval=200)
 
@@ -66,22 +66,22 @@ class ToyPretrainConfig:
     """
 
     world: toy.ToyWorldConfig = SHIPPED_WORLD
-    hidden_size: int = 96
-    intermediate_size: int = 288
-    num_layers: int = 3
+    hidden_size: int = 128
+    intermediate_size: int = 384
+    num_layers: int = 4
     num_heads: int = 4
     corpus_size: int = 40_000
     corpus_seed: int = 1
     seq_len: int = 128
     batch_size: int = 32
-    epochs: int = 1
+    epochs: int = 2
     learning_rate: float = 3e-3
     warmup_fraction: float = 0.05
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     seed: int = 0
     out_dir: str = str(DEFAULT_OUT_DIR)
-    eval_per_level: int = 100
+    eval_per_level: int = 60
     max_new_tokens: int = 128
 
     def __post_init__(self):
