@@ -1,0 +1,235 @@
+"""Sampling throughput: metajax's jitted `generate` against transformers' `generate`, and decode cost growth.
+
+Throughput: both systems continue the same random prompts greedily with the same weights, every row
+generating exactly `--new-tokens` tokens (metajax: temperature 0, no stop tokens; transformers:
+`do_sample=False, min_new_tokens=max_new_tokens, use_cache=True`), at each of `--batches`. The
+greedy tokens are compared first; each system's first call per batch size is that check (metajax
+compiles there) and is not timed. Reported: generated tokens per second (prefill included, as a
+user sees it) and the ratio metajax / transformers.
+
+Cost growth: metajax's time per decode step with `--batch` rows of `c`-token prompts, for each
+context `c` of `--contexts`: (time(generate n) - time(generate 1)) / (n - 1) with n = `--new-tokens`,
+so the prompt's prefill cancels out. A step attends to the prompt's `c` keys and the generated
+cache, so a KV cache should make the step cost grow at most linearly in `c`.
+
+GPU report (`--gpu-report`): decode tokens per second of a ~1B Llama (Llama-3.2-1B shapes, random
+weights, bf16) at batch 1 and 64, and the fraction of the HBM-bandwidth roofline reached: a decode
+step must read every matmul weight once plus each row's keys and values so far, at `--hbm-gbps`.
+
+    python benchmarks/sample.py                     # ~100M Llama, fp32, batches 1, 16, 64 (~8 min on 2 cores)
+    python benchmarks/sample.py --small             # smoke run in seconds
+    python benchmarks/sample.py --gpu-report        # on a GPU: ~1B Llama bf16 against the roofline
+    python benchmarks/sample.py --gpu-report --small  # the same path, tiny, on CPU
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import jax
+import numpy as np
+
+if __package__ in (None, ""):  # run as a script: make `benchmarks.common` importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.common import (DTYPES, SMALL_LLAMA, benchmark_parser, build_twin_models, check_args, format_table,
+                               machine_summary, reference_config, time_calls, torch_device, use_all_cores)
+from metajax.models import ModelConfig, init_params
+from metajax.sampling import generate
+
+# Llama-3.2-1B's shapes (1.24B parameters, tied embeddings): the GPU report's model.
+GPU_LLAMA = dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_layers=16, num_heads=32,
+                 num_kv_heads=8, tie_word_embeddings=True)
+# Greedy tokens compared over this many leading tokens of each row. Random weights give flat
+# distributions, so float32 rounding differences may flip a late argmax; bfloat16 flips early.
+AGREEMENT_PREFIX = {"float32": 16, "bfloat16": 1}
+# Fraction of rows that must agree over that prefix before anything is timed.
+MIN_AGREEING_ROWS = 0.9
+# Batch sizes above this get `--large-batch-repeats` timed calls: transformers takes minutes per
+# call there on two CPU cores.
+LARGE_BATCH = 16
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = benchmark_parser(__doc__.splitlines()[0], batch=1, seq=32, repeats=2)
+    parser.set_defaults(dtype=None)  # float32 for the comparison, bfloat16 for --gpu-report
+    parser.add_argument("--batches", type=_int_list, default=None,
+                        help="comma-separated batch sizes (default 1,16,64; 1,4 with --small; 1,64 with --gpu-report)")
+    parser.add_argument("--new-tokens", type=int, default=None, help="tokens generated per row (default 128; 32 with --small)")
+    parser.add_argument("--contexts", type=_int_list, default=None,
+                        help="prompt lengths for the cost-growth runs (default 128,512,2048; 32,128 with --small)")
+    parser.add_argument("--large-batch-repeats", type=int, default=1,
+                        help=f"timed calls per system for batches above {LARGE_BATCH}")
+    parser.add_argument("--torch-threads", type=int, default=None,
+                        help="torch intra-op threads (default: one per core, as XLA uses); on a loaded "
+                             "machine 1 can be far faster, as torch's threads wait on each other")
+    parser.add_argument("--gpu-report", action="store_true",
+                        help="metajax alone: ~1B Llama decode tokens/s and fraction of the HBM roofline")
+    parser.add_argument("--hbm-gbps", type=float, default=3350.0,
+                        help="peak memory bandwidth in GB/s for --gpu-report (default: H100 SXM)")
+    args = parser.parse_args(argv)
+    args.dtype = args.dtype or ("bfloat16" if args.gpu_report else "float32")
+    args.batches = args.batches or ((1, 64) if args.gpu_report else (1, 4) if args.small else (1, 16, 64))
+    args.new_tokens = args.new_tokens or (32 if args.small else 128)
+    args.contexts = args.contexts or ((32, 128) if args.small else (128, 512, 2048))
+    check_args(args)
+    for name in ("new_tokens", "large_batch_repeats", "hbm_gbps", "torch_threads"):
+        if getattr(args, name) is not None and getattr(args, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.new_tokens < 2:
+        raise ValueError(f"--new-tokens must be at least 2 (a decode step is timed as generate(n) - "
+                         f"generate(1)), got {args.new_tokens}")
+
+    print(machine_summary())
+    if args.gpu_report:
+        gpu_report(args)
+        return
+    import torch
+
+    threads = use_all_cores()
+    if args.torch_threads is not None:
+        torch.set_num_threads(args.torch_threads)
+        threads = torch.get_num_threads()
+    max_context = max(max(args.contexts), args.seq) + args.new_tokens
+    cfg = reference_config(small=args.small, max_position_embeddings=max(2048, max_context))
+    hf_model, params, cfg = build_twin_models(cfg, args.dtype, seed=args.seed)
+    print(f"torch {torch.__version__} on {torch_device()}, torch.get_num_threads() = {threads}; "
+          f"XLA_FLAGS = {os.environ.get('XLA_FLAGS', '(unset)')!r}")
+    print(_describe(cfg, args.dtype))
+    throughput(hf_model, params, cfg, args)
+    cost_growth(params, cfg, args)
+
+
+def throughput(hf_model, params, cfg: ModelConfig, args) -> None:
+    """Prints greedy agreement and generated tokens/s of both systems at each of `args.batches`."""
+    n = args.new_tokens
+    print(f"\nthroughput: prompts of {args.seq} random tokens, {n} greedy new tokens per row, "
+          f"{args.repeats} timed calls per system ({args.large_batch_repeats} above batch {LARGE_BATCH}), "
+          "interleaved, median")
+    rows, ratios = [], {}
+    shown = sorted({min(32, n), n})  # agreement reported over these leading tokens
+    for batch in args.batches:
+        prompts = np.random.default_rng(args.seed + batch).integers(0, cfg.vocab_size, (batch, args.seq),
+                                                                      dtype=np.int32)
+
+        def run_metajax():
+            return generate(params, cfg, prompts, max_new_tokens=n, temperature=0.0).tokens
+
+        def run_transformers():
+            return transformers_generate(hf_model, prompts, n)
+
+        ours, theirs = run_metajax(), run_transformers()  # metajax compiles this shape here
+        prefix = min(AGREEMENT_PREFIX[args.dtype], n)
+        agree = {k: float(np.mean(np.all(ours[:, :k] == theirs[:, :k], axis=1))) for k in (prefix, *shown)}
+        if agree[prefix] < MIN_AGREEING_ROWS:
+            raise SystemExit(f"batch {batch}: only {agree[prefix]:.0%} of rows generate the same first {prefix} "
+                             "greedy tokens in metajax and transformers; not timing")
+        repeats = args.repeats if batch <= LARGE_BATCH else args.large_batch_repeats
+        timings = time_calls({"metajax": run_metajax, "transformers": run_transformers},
+                             warmup=args.warmup, repeats=repeats)
+        ours_s, theirs_s = timings["metajax"].median, timings["transformers"].median
+        ratios[batch] = theirs_s / ours_s
+        rows.append((batch, repeats, *(f"{agree[k]:.0%}" for k in shown), ours_s, theirs_s,
+                     batch * n / ours_s, batch * n / theirs_s, f"{ratios[batch]:.3g}x",
+                     f"{max(t.spread for t in timings.values()):.0%}", f"{os.getloadavg()[0]:.1f}"))
+    print(format_table(("batch", "calls", *(f"same@{k}" for k in shown), "metajax s", "transformers s",
+                        "metajax tok/s", "transformers tok/s", "ratio", "spread", "load"), rows))
+    print("same@k: fraction of rows whose first k greedy tokens are identical in both systems; "
+          "spread: worst (max - min) / median of either system")
+    print("ratio (metajax / transformers tokens/s): "
+          + ", ".join(f"batch {b}: {r:.3g}x" for b, r in ratios.items())
+          + "; target >= 3x at batch 16 (Tunix's sampler: ~1.7x)")
+
+
+def cost_growth(params, cfg: ModelConfig, args) -> None:
+    """Prints metajax's time per decode step at each of `args.contexts` and its growth."""
+    n = args.new_tokens
+    print(f"\ncost growth: batch {args.batch}, prompts of c tokens, time per decode step = "
+          f"(time(generate {n}) - time(generate 1)) / {n - 1}, median of {args.repeats} interleaved calls")
+    steps = {}
+    for context in args.contexts:
+        prompts = np.random.default_rng(args.seed + context).integers(0, cfg.vocab_size, (args.batch, context),
+                                                                        dtype=np.int32)
+        steps[context] = decode_step_seconds(params, cfg, prompts, n, warmup=args.warmup, repeats=args.repeats)
+    base_context = args.contexts[0]
+    base = steps[base_context]
+    rows, previous = [], None
+    for context, seconds in steps.items():
+        marginal = "" if previous is None else (seconds - steps[previous]) / (context - previous) * 1e9
+        rows.append((context, seconds * 1e3, args.batch / seconds, f"{seconds / base:.3g}x",
+                     f"{context / base_context:.3g}x", marginal))
+        previous = context
+    print(format_table(("context", "ms / step", "decode tok/s", "step ratio", "context ratio",
+                        "marginal ns / step / context token"), rows))
+    linear = all(steps[c] / base <= c / base_context for c in args.contexts)
+    print(f"growth from context {base_context} to {args.contexts[-1]}: step time x{steps[args.contexts[-1]] / base:.3g} "
+          f"for context x{args.contexts[-1] / base_context:.3g}: "
+          + ("at most linear" if linear else "FASTER than linear"))
+
+
+def gpu_report(args) -> None:
+    """Prints metajax decode tokens/s and the fraction of the HBM-bandwidth roofline reached."""
+    sizes = dict(SMALL_LLAMA, tie_word_embeddings=True) if args.small else GPU_LLAMA
+    cfg = ModelConfig.of("llama", **sizes, max_position_embeddings=max(2048, args.seq + args.new_tokens))
+    params = init_params(cfg, jax.random.key(args.seed), dtype=DTYPES[args.dtype])
+    n = args.new_tokens
+    print(_describe(cfg, args.dtype))
+    itemsize = np.dtype(DTYPES[args.dtype]).itemsize
+    # The input embedding is a gather of `batch` rows; every other weight is read whole each step.
+    weight_bytes = (cfg.num_params - (not cfg.tie_word_embeddings) * cfg.vocab_size * cfg.hidden_size) * itemsize
+    kv_bytes_per_token = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * itemsize
+    mean_context = args.seq + (n - 1) / 2  # keys a step needs, averaged over the steps timed
+    print(f"decode: prompts of {args.seq} tokens, step time = (time(generate {n}) - time(generate 1)) / {n - 1}, "
+          f"median of {args.repeats}; roofline at {args.hbm_gbps:g} GB/s: weights {weight_bytes / 1e9:.4g} GB "
+          f"+ KV cache {kv_bytes_per_token / 1e3:.4g} kB per row and context token (mean context {mean_context:g})")
+    rows = []
+    for batch in args.batches:
+        prompts = np.random.default_rng(args.seed + batch).integers(0, cfg.vocab_size, (batch, args.seq),
+                                                                      dtype=np.int32)
+        seconds = decode_step_seconds(params, cfg, prompts, n, warmup=args.warmup, repeats=args.repeats)
+        step_bytes = weight_bytes + batch * kv_bytes_per_token * mean_context
+        roofline = step_bytes / (args.hbm_gbps * 1e9)
+        rows.append((batch, seconds * 1e3, batch / seconds, step_bytes / 1e9, roofline * 1e3,
+                     f"{roofline / seconds:.1%}"))
+    print(format_table(("batch", "ms / step", "decode tok/s", "GB / step", "roofline ms", "of roofline"), rows))
+
+
+def decode_step_seconds(params, cfg: ModelConfig, prompts: np.ndarray, n: int, *, warmup: int,
+                        repeats: int) -> float:
+    """Seconds per greedy decode step of metajax's `generate` on prompts int32[batch, prompt_len]:
+    (time(n new tokens) - time(1 new token)) / (n - 1), each the median of `repeats` interleaved calls
+    after one compiling call per shape (plus `warmup`)."""
+    def run(tokens):
+        return lambda: generate(params, cfg, prompts, max_new_tokens=tokens, temperature=0.0)
+
+    timings = time_calls({"n": run(n), "1": run(1)}, warmup=1 + warmup, repeats=repeats)
+    return (timings["n"].median - timings["1"].median) / (n - 1)
+
+
+def transformers_generate(model, prompts: np.ndarray, new_tokens: int) -> np.ndarray:
+    """int[batch, new_tokens]: transformers' greedy KV-cache continuation of prompts int32[batch, prompt_len]."""
+    import torch
+
+    tokens = torch.from_numpy(prompts).long().to(model.device)
+    with torch.inference_mode():
+        out = model.generate(tokens, attention_mask=torch.ones_like(tokens), do_sample=False, use_cache=True,
+                             max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=0)
+    return out[:, prompts.shape[1]:].cpu().numpy()
+
+
+def _describe(cfg: ModelConfig, dtype: str) -> str:
+    return (f"model: Llama, {cfg.num_params:,} parameters (hidden {cfg.hidden_size}, {cfg.num_layers} layers, "
+            f"{cfg.num_heads} heads / {cfg.num_kv_heads} kv heads, intermediate {cfg.intermediate_size}, "
+            f"vocab {cfg.vocab_size}), {dtype}")
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    values = tuple(int(v) for v in text.split(","))
+    if any(v < 1 for v in values):
+        raise ValueError(f"expected positive integers separated by commas, got {text!r}")
+    return values
+
+
+if __name__ == "__main__":
+    main()
