@@ -502,6 +502,9 @@ class _DeadlineExceeded(BaseException):
     math-verify cannot swallow it and compute on."""
 
 
+_ALARM_REPEAT_S = 0.05
+
+
 @contextlib.contextmanager
 def _deadline(seconds: float) -> Iterator[None]:
     """Interrupt the body with `_DeadlineExceeded` after `seconds` of wall-clock time.
@@ -519,7 +522,9 @@ def _deadline(seconds: float) -> Iterator[None]:
 
     started = time.monotonic()
     previous_handler = signal.signal(signal.SIGALRM, on_alarm)
-    previous_delay, previous_interval = signal.setitimer(signal.ITIMER_REAL, seconds)
+    # The alarm repeats until cancelled: an exception raised while Python runs a gc callback or a
+    # finaliser is swallowed (JAX registers a gc callback), and the next alarm must try again.
+    previous_delay, previous_interval = signal.setitimer(signal.ITIMER_REAL, seconds, _ALARM_REPEAT_S)
     try:
         yield
     finally:
