@@ -92,6 +92,7 @@ def plot_tokens_by_difficulty(summaries: dict[str, dict], path: Path) -> Path:
     for method, s in summaries.items():
         levels = [lvl for lvl in s["by_difficulty"] if lvl is not None]
         ax.plot(levels, [s["by_difficulty"][lvl]["mean_tokens"] for lvl in levels], marker="o", label=method)
+    ax.set_xticks(sorted({lvl for s in summaries.values() for lvl in s["by_difficulty"] if lvl is not None}))
     ax.set_xlabel("difficulty")
     ax.set_ylabel("mean generated tokens")
     ax.set_title("Generated tokens by difficulty")
