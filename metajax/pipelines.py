@@ -34,7 +34,9 @@ def run(config: Config) -> dict:
     """Runs `config.task`; returns its summary."""
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2, default=str) + "\n")
+    tmp = run_dir / "config.json.tmp"
+    tmp.write_text(json.dumps(dataclasses.asdict(config), indent=2, default=str) + "\n")
+    tmp.replace(run_dir / "config.json")
     task = TASKS[config.task]
     return task(config, run_dir)
 
