@@ -21,6 +21,7 @@ from metajax.algorithms.policy import Policy
 from metajax.config import Config
 from metajax.data.example import Example
 from metajax.eval.evaluate import evaluate, plot_tokens_by_difficulty, results_table, summarize, write_records
+from metajax.files import write_text_atomic
 from metajax.models import load_hf, save_hf
 from metajax.train.checkpoint import Checkpointer
 from metajax.train.metrics import MetricsWriter
@@ -34,9 +35,7 @@ def run(config: Config) -> dict:
     """Runs `config.task`; returns its summary."""
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / "config.json.tmp"
-    tmp.write_text(json.dumps(dataclasses.asdict(config), indent=2, default=str) + "\n")
-    tmp.replace(run_dir / "config.json")
+    write_text_atomic(run_dir / "config.json", json.dumps(dataclasses.asdict(config), indent=2, default=str) + "\n")
     task = TASKS[config.task]
     return task(config, run_dir)
 
@@ -58,14 +57,7 @@ def run_expert_iteration_pipeline(config: Config, run_dir: Path) -> dict:
                 compute_dtype=_dtype(config.model.compute_dtype))
             save_hf(trained[method].params, trained[method].cfg, run_dir / method / "final")
             _copy_tokenizer(config, run_dir / method / "final")
-        summaries = {}
-        for method in config.eval.methods:
-            policy, prompting = (base, method) if method in ("cot", "direct") else (trained[method], "policy")
-            records = evaluate(policy, eval_questions, prompting=prompting, max_new_tokens=config.eval.max_new_tokens,
-                               batch_size=config.eval.batch_size, mesh=mesh)
-            write_records(run_dir / f"eval_{method}.jsonl", records)
-            summaries[method] = summarize(records)
-            metrics.write(0, {k: v for k, v in summaries[method].items() if k != "by_difficulty"}, stage=f"eval/{method}")
+        summaries = evaluate_methods(config, run_dir, eval_questions, base, trained, mesh=mesh, metrics=metrics)
     return write_results(run_dir, summaries)
 
 
@@ -74,14 +66,25 @@ def run_eval_pipeline(config: Config, run_dir: Path) -> dict:
     mesh = _mesh(config)
     policy = load_policy(config, mesh)
     _, eval_questions, _ = load_questions(config)
+    trained = {m: policy for m in config.eval.methods if m not in ("cot", "direct")}
+    return write_results(run_dir, evaluate_methods(config, run_dir, eval_questions, policy, trained, mesh=mesh))
+
+
+def evaluate_methods(config: Config, run_dir: Path, questions: Sequence[Example], base: Policy,
+                     trained: dict[str, Policy], *, mesh=None, metrics: MetricsWriter | None = None) -> dict:
+    """Evaluates each of `config.eval.methods`: "direct" and "cot" prompt `base`, the others are the
+    policies in `trained`, which choose for themselves. Writes `eval_<method>.jsonl`; returns summaries."""
     summaries = {}
     for method in config.eval.methods:
-        prompting = method if method in ("cot", "direct") else "policy"
-        records = evaluate(policy, eval_questions, prompting=prompting, max_new_tokens=config.eval.max_new_tokens,
+        policy, prompting = (base, method) if method in ("cot", "direct") else (trained[method], "policy")
+        records = evaluate(policy, questions, prompting=prompting, max_new_tokens=config.eval.max_new_tokens,
                            batch_size=config.eval.batch_size, mesh=mesh)
         write_records(run_dir / f"eval_{method}.jsonl", records)
         summaries[method] = summarize(records)
-    return write_results(run_dir, summaries)
+        if metrics is not None:
+            metrics.write(0, {k: v for k, v in summaries[method].items() if k != "by_difficulty"},
+                          stage=f"eval/{method}")
+    return summaries
 
 
 def run_expert_iteration(base: Policy, questions: Sequence[Example], config: ExpertIterationConfig,
@@ -136,12 +139,8 @@ def run_expert_iteration(base: Policy, questions: Sequence[Example], config: Exp
 def write_results(run_dir: Path, summaries: dict[str, dict]) -> dict:
     """results.md (the table), results.json and tokens_by_difficulty.png in the run directory."""
     table = results_table(summaries)
-    tmp = run_dir / "results.md.tmp"
-    tmp.write_text(table + "\n")
-    tmp.replace(run_dir / "results.md")
-    tmp = run_dir / "results.json.tmp"
-    tmp.write_text(json.dumps(summaries, indent=2, default=str) + "\n")
-    tmp.replace(run_dir / "results.json")
+    write_text_atomic(run_dir / "results.md", table + "\n")
+    write_text_atomic(run_dir / "results.json", json.dumps(summaries, indent=2, default=str) + "\n")
     plot_tokens_by_difficulty(summaries, run_dir / "tokens_by_difficulty.png")
     print(table)
     return summaries
@@ -151,15 +150,11 @@ def load_policy(config: Config, mesh=None) -> Policy:
     """The starting policy: the bundled toy model, an HF directory, or a converted GGUF file."""
     from transformers import AutoTokenizer
 
-    dtype = _dtype(config.model.dtype)
-    if config.model.gguf is not None:
+    directory = _model_dir(config)
+    if config.model.gguf is not None and not (directory / "config.json").is_file():
         from metajax.models.gguf import gguf_to_hf
-        directory = Path(config.run_dir) / "base_model"
-        if not (directory / "config.json").is_file():
-            gguf_to_hf(config.model.gguf, directory)
-    else:
-        directory = TOY_MODEL_DIR if config.model.path == "toy" else Path(config.model.path)
-    params, cfg = load_hf(directory, dtype=dtype, mesh=mesh)
+        gguf_to_hf(config.model.gguf, directory)
+    params, cfg = load_hf(directory, dtype=_dtype(config.model.dtype), mesh=mesh)
     tokenizer = AutoTokenizer.from_pretrained(str(directory))
     return Policy.of(params, cfg, tokenizer)
 
@@ -182,10 +177,16 @@ def load_questions(config: Config) -> tuple[list[Example], list[Example], list[E
     return train[data.fewshot:], sample_examples(held_out, min(data.num_eval, len(held_out)), config.seed), fewshot
 
 
+def _model_dir(config: Config) -> Path:
+    """The HF directory the base policy is read from (a GGUF file is converted into the run dir)."""
+    if config.model.gguf is not None:
+        return Path(config.run_dir) / "base_model"
+    return TOY_MODEL_DIR if config.model.path == "toy" else Path(config.model.path)
+
+
 def _copy_tokenizer(config: Config, directory: Path) -> None:
     import shutil
-    source = TOY_MODEL_DIR if config.model.path == "toy" and config.model.gguf is None else (
-        Path(config.run_dir) / "base_model" if config.model.gguf else Path(config.model.path))
+    source = _model_dir(config)
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         if (source / name).is_file():
             shutil.copy2(source / name, directory / name)

@@ -14,7 +14,6 @@ iteration's policy so an interrupted run resumes where it stopped.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -26,6 +25,7 @@ from metajax.algorithms.policy import Completion, Policy, complete
 from metajax.data.example import Example
 from metajax.data.graders import grade_example, split_ram_completion
 from metajax.data.prompts import PromptConfig, encode_prompt, encode_ram, ram_scoring_pair
+from metajax.files import write_jsonl_atomic
 from metajax.rewards.advantages import group_advantages, ram_keep_mask, star_keep_mask
 from metajax.rewards.logprobs import score_sequences
 from metajax.rewards.voc import voc_reward
@@ -161,8 +161,9 @@ def score_rollouts(policy: Policy, questions: Sequence[Example], rollouts: list[
                 continue  # an empty chain has U = 0 and C = 0: nothing to score
             with_chain, direct = ram_scoring_pair(policy.tokenizer, questions[i], r.thought, questions[i].answer,
                                                   fewshot=fewshot)
-            encoded = encode_ram(policy.tokenizer, questions[i], r.thought, questions[i].answer, fewshot=fewshot)
-            chain_tokens[i, j] = encoded.thought_span[1] - encoded.thought_span[0]
+            # The pair shares its prompt and answer tokens (ram_scoring_pair checks it): the
+            # difference in length is the thought block, l(z).
+            chain_tokens[i, j] = len(with_chain.tokens) - len(direct.tokens)
             sequences += [(with_chain.tokens, with_chain.target_mask), (direct.tokens, direct.target_mask)]
             where.append((i, j))
     logp = (score_sequences(policy.params, policy.cfg, sequences, pad_id=policy.pad_id,
@@ -222,13 +223,9 @@ def group_statistics(groups: ScoredGroups, rows: Sequence[Rollout]) -> dict[str,
 
 def save_rows(path: Path, questions: Sequence[Example], rows: Sequence[Rollout]) -> None:
     """The filtered training set as JSONL, for inspection (written atomically)."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as f:
-        for r in rows:
-            q = questions[r.question_index]
-            f.write(json.dumps({"id": q.id, "question": q.question, "thought": r.thought, "answer": q.answer,
-                                "rationalized": r.rationalized, "direct_candidate": r.direct}) + "\n")
-    tmp.replace(path)
+    write_jsonl_atomic(path, ({"id": questions[r.question_index].id, "question": questions[r.question_index].question,
+                               "thought": r.thought, "answer": questions[r.question_index].answer,
+                               "rationalized": r.rationalized, "direct_candidate": r.direct} for r in rows))
 
 
 def _rollout(completion: Completion, questions: Sequence[Example]) -> Rollout:

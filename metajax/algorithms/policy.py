@@ -71,6 +71,7 @@ def complete(policy: Policy, prompts: Sequence[Sequence[int]], *, max_new_tokens
     forces "<thought>"; its tokens are part of the chain's cost).
     """
     out: list[Completion] = []
+    prefix_text = policy.decode(forced_prefix)
     starts = range(0, len(prompts), batch_size)
     for batch_number, start in enumerate(tqdm(starts, desc=desc, disable=desc is None, leave=False)):
         chunk = [list(p) + list(forced_prefix) for p in prompts[start:start + batch_size]]
@@ -78,7 +79,6 @@ def complete(policy: Policy, prompts: Sequence[Sequence[int]], *, max_new_tokens
         samples = generate(policy.params, policy.cfg, chunk, max_new_tokens=max_new_tokens, n_samples=n_samples,
                            temperature=temperature, top_p=top_p, rng=key, stop_tokens=policy.stop_ids,
                            pad_id=policy.pad_id, mesh=mesh)
-        prefix_text = policy.decode(forced_prefix)
         for row, length, index in zip(samples.tokens, samples.lengths, samples.prompt_index):
             ids = row[:length].tolist()
             text = cut_after_answer(prefix_text + policy.decode(ids))

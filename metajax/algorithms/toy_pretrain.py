@@ -27,6 +27,7 @@ from metajax.algorithms.policy import Policy, complete
 from metajax.data import toy
 from metajax.data.example import Example
 from metajax.data.prompts import USER_BLOCK
+from metajax.files import write_text_atomic
 from metajax.data.graders import grade_example, split_ram_completion
 from metajax.models import ModelConfig, init_params, save_hf
 from metajax.train import MetricsWriter, OptimizerConfig, train_sft
@@ -166,7 +167,7 @@ def run_toy_pretrain(config: ToyPretrainConfig, *, run_dir: str | Path | None = 
         summary = {"config": dataclasses.asdict(config), "num_params": cfg.num_params,
                    "train_seconds": train_seconds, "steps": len(history),
                    "loss": [h["loss"] for h in history], "table": [dataclasses.asdict(r) for r in rows]}
-        Path(run_dir, "toy_pretrain.json").write_text(json.dumps(summary, indent=1) + "\n")
+        write_text_atomic(Path(run_dir, "toy_pretrain.json"), json.dumps(summary, indent=1) + "\n")
     return out
 
 

@@ -27,15 +27,14 @@ import dataclasses
 import gzip
 import importlib.metadata
 import json
-import os
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from metajax.data.datasets import DatasetSpec, read_dataset
 from metajax.data.datasets.sources import DatasetError, local_rows
+from metajax.files import write_jsonl_atomic
 
 Row = dict[str, Any]
 
@@ -105,7 +104,7 @@ def prepare(out: Path, datasets: Sequence[str] | None = None) -> dict[str, int]:
             print(f"{key:28s} skipped: no installed package ships it")
             continue
         rows, origin = built
-        _write_jsonl(out / target.dataset / f"{target.split}.jsonl", rows)
+        write_jsonl_atomic(out / target.dataset / f"{target.split}.jsonl", rows)
         loaded = read_dataset(DatasetSpec(target.dataset, path=str(out / target.dataset),
                                           split=target.split))
         counts[key] = len(loaded.examples)
@@ -266,21 +265,6 @@ def _arrow(folder: Path) -> list[Row]:
 def _jsonl(path: Path) -> list[Row]:
     with open(path, encoding="utf-8") as lines:
         return [json.loads(line) for line in lines if line.strip()]
-
-
-def _write_jsonl(path: Path, rows: list[Row]) -> None:
-    """Writes to a temporary file beside `path`, then renames it, so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            for row in rows:
-                out.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.chmod(temporary, 0o644)  # mkstemp makes it private; the data is meant to be shared
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,6 +11,7 @@ from metajax.algorithms.policy import Policy, complete
 from metajax.data.example import Example
 from metajax.data.graders import grade_example, split_ram_completion
 from metajax.data.prompts import ANSWER_MARKER, PromptConfig, encode_prompt
+from metajax.files import write_jsonl_atomic
 
 # How each method is prompted. "direct" and "cot" force the first tokens of the RaM format (the
 # forced tokens count as generated); a trained policy chooses for itself.
@@ -108,8 +108,4 @@ def plot_tokens_by_difficulty(summaries: dict[str, dict], path: Path) -> Path:
 
 def write_records(path: Path, records: Sequence[EvalRecord]) -> None:
     """Every evaluated completion as JSONL (atomically)."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as f:
-        for r in records:
-            f.write(json.dumps(dataclasses.asdict(r)) + "\n")
-    tmp.replace(path)
+    write_jsonl_atomic(path, (dataclasses.asdict(r) for r in records))
