@@ -170,10 +170,14 @@ class KVCache:
     The prompt part is stored once per prompt and shared by its samples; the generated part has one
     slot per sample and step.
 
+    Heads come before positions so that each attention read is a plain batched matmul over
+    (batch, samples, kv_heads) with contiguous [positions, head_dim] tiles: with positions first,
+    XLA transposes the whole cache on every decode step.
+
     Attributes:
-      prompt_k, prompt_v: [layers, batch, prompt_len, kv_heads, head_dim].
+      prompt_k, prompt_v: [layers, batch, kv_heads, prompt_len, head_dim].
       prompt_mask: bool[batch, prompt_len], False on (left) padding.
-      k, v: [layers, batch, n, max_new, kv_heads, head_dim].
+      k, v: [layers, batch, n, kv_heads, max_new, head_dim].
     """
 
     prompt_k: jax.Array
@@ -197,8 +201,10 @@ def prefill(params: Params, cfg: ModelConfig, prompts: jax.Array, prompt_mask: j
     hidden, (k, v) = hidden_states(params, cfg, prompts, attention_mask=prompt_mask, return_kv=True)
     logits = logits_from_hidden(params, cfg, hidden[:, -1])
     cache_dtype = cache_dtype or k.dtype
-    gen_shape = (cfg.num_layers, prompts.shape[0], num_samples, max_new_tokens, cfg.num_kv_heads, cfg.head_dim)
-    cache = KVCache(prompt_k=k.astype(cache_dtype), prompt_v=v.astype(cache_dtype),
+    gen_shape = (cfg.num_layers, prompts.shape[0], num_samples, cfg.num_kv_heads, max_new_tokens, cfg.head_dim)
+    heads_first = (0, 1, 3, 2, 4)  # [layers, batch, seq, kv_heads, hd] -> [layers, batch, kv_heads, seq, hd]
+    cache = KVCache(prompt_k=k.transpose(heads_first).astype(cache_dtype),
+                    prompt_v=v.transpose(heads_first).astype(cache_dtype),
                     prompt_mask=prompt_mask.astype(bool),
                     k=jnp.zeros(gen_shape, cache_dtype), v=jnp.zeros(gen_shape, cache_dtype))
     return logits, cache
@@ -215,7 +221,7 @@ def decode_step(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: 
     Returns:
       logits: float32[batch, n, vocab] for the next token, and the updated cache.
     """
-    max_new = cache.k.shape[3]
+    max_new = cache.k.shape[4]
     earlier = jnp.arange(max_new) < step  # generated slots this token may attend to
 
     def attend(q, k, v, layer_cache):
@@ -227,8 +233,8 @@ def decode_step(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: 
     x, (k_new, v_new) = _run_blocks(params, cfg, x, positions, attend, layer_caches=layer_caches)
     logits = logits_from_hidden(params, cfg, rms_norm(x, params["final_norm"], cfg.rms_norm_eps))
     # k_new: [layers, batch, n, kv_heads, head_dim] -> generated slot `step` of every layer at once.
-    k = jax.lax.dynamic_update_slice_in_dim(cache.k, k_new[:, :, :, None].astype(cache.k.dtype), step, axis=3)
-    v = jax.lax.dynamic_update_slice_in_dim(cache.v, v_new[:, :, :, None].astype(cache.v.dtype), step, axis=3)
+    k = jax.lax.dynamic_update_slice_in_dim(cache.k, k_new[..., None, :].astype(cache.k.dtype), step, axis=4)
+    v = jax.lax.dynamic_update_slice_in_dim(cache.v, v_new[..., None, :].astype(cache.v.dtype), step, axis=4)
     return logits, dataclasses.replace(cache, k=k, v=v)
 
 
@@ -310,8 +316,8 @@ def _attention(q, k, v, allowed):
 def _decode_attention(q, k_self, v_self, prompt_k, prompt_v, prompt_mask, gen_k, gen_v, earlier):
     """Attention of one new token per sample over [its prompt | its earlier tokens | itself].
 
-    q: [b, n, q_heads, hd]; k_self, v_self: [b, n, kv_heads, hd]; prompt_k/v: [b, p, kv_heads, hd]
-    (shared by the n samples); gen_k/v: [b, n, max_new, kv_heads, hd]; earlier: bool[max_new].
+    q: [b, n, q_heads, hd]; k_self, v_self: [b, n, kv_heads, hd]; prompt_k/v: [b, kv_heads, p, hd]
+    (shared by the n samples); gen_k/v: [b, n, kv_heads, max_new, hd]; earlier: bool[max_new].
     """
     b, n, hq, hd = q.shape
     hkv = k_self.shape[2]
@@ -319,16 +325,16 @@ def _decode_attention(q, k_self, v_self, prompt_k, prompt_v, prompt_mask, gen_k,
     q = q.reshape(b, n, hkv, hq // hkv, hd)
     scale = 1.0 / math.sqrt(hd)
     f32 = jnp.float32
-    s_prompt = jnp.einsum("bngrk,bpgk->bngrp", q, prompt_k.astype(dtype), preferred_element_type=f32)
-    s_gen = jnp.einsum("bngrk,bnsgk->bngrs", q, gen_k.astype(dtype), preferred_element_type=f32)
+    s_prompt = jnp.einsum("bngrk,bgpk->bngrp", q, prompt_k.astype(dtype), preferred_element_type=f32)
+    s_gen = jnp.einsum("bngrk,bngsk->bngrs", q, gen_k.astype(dtype), preferred_element_type=f32)
     s_self = jnp.einsum("bngrk,bngk->bngr", q, k_self, preferred_element_type=f32)[..., None]
     s_prompt = jnp.where(prompt_mask[:, None, None, None, :], s_prompt, _MASKED)
     s_gen = jnp.where(earlier, s_gen, _MASKED)
     probs = jax.nn.softmax(jnp.concatenate([s_prompt, s_gen, s_self], axis=-1) * scale, axis=-1)
-    p_len, g_len = prompt_k.shape[1], gen_k.shape[2]
+    p_len, g_len = prompt_k.shape[2], gen_k.shape[3]
     probs = probs.astype(dtype)
-    out = (jnp.einsum("bngrp,bpgk->bngrk", probs[..., :p_len], prompt_v.astype(dtype))
-           + jnp.einsum("bngrs,bnsgk->bngrk", probs[..., p_len:p_len + g_len], gen_v.astype(dtype))
+    out = (jnp.einsum("bngrp,bgpk->bngrk", probs[..., :p_len], prompt_v.astype(dtype))
+           + jnp.einsum("bngrs,bngsk->bngrk", probs[..., p_len:p_len + g_len], gen_v.astype(dtype))
            + probs[..., -1:] * v_self[:, :, :, None, :])
     return out.reshape(b, n, hq, hd)
 
