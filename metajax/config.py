@@ -158,12 +158,25 @@ def build(cls: type, raw: Any, where: str):
     values = {}
     for name, value in raw.items():
         key = f"{where}.{name}" if where else name
+        default = _default(fields[name])
+        if isinstance(value, dict) and dataclasses.is_dataclass(default):
+            # A partial section overrides its default's fields, not the section class's defaults
+            # (`data.toy.n_eval` keeps the rest of the shipped toy world).
+            value = _merge(dataclasses.asdict(default), value)
         values[name] = _coerce(hints[name], value, key)
     try:
         return cls(**values)
     except (TypeError, ValueError) as e:
         message = str(e)
         raise ConfigError(message if where and message.startswith(where) else f"{where or 'config'}: {message}") from None
+
+
+def _default(field: dataclasses.Field):
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return None
 
 
 def _coerce(tp, value, key: str):

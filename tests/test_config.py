@@ -1,5 +1,6 @@
 """The run configuration and the command line's handling of bad configs."""
 
+import dataclasses
 import re
 import subprocess
 import sys
@@ -23,6 +24,17 @@ def test_defaults_and_overrides():
     # RaM paper defaults where nothing overrides them
     assert (config.expert_iteration.samples_per_question, config.expert_iteration.gamma) == (3, 0.1)
     assert config.expert_iteration.eps == pytest.approx(1e-4)
+
+
+def test_a_partial_section_overrides_only_its_keys():
+    from metajax.algorithms.toy_pretrain import SHIPPED_WORLD
+    config = load_config(None, ["data.toy.n_eval=40", "data.toy.p_thought=0.25"])
+    assert config.data.toy == dataclasses.replace(SHIPPED_WORLD, n_eval=40, p_thought=0.25)
+    pretrain = load_config(None, ["task=toy_pretrain", "toy_pretrain.world.max_operands=8",
+                                  "toy_pretrain.world.difficulty_weights=[1, 1, 1, 1, 1, 1, 1]"])
+    assert pretrain.toy_pretrain.world == dataclasses.replace(
+        SHIPPED_WORLD, max_operands=8, difficulty_weights=(1.0,) * 7)
+    assert pretrain.toy_pretrain.hidden_size == 128
 
 
 @pytest.mark.parametrize("override, message", [
