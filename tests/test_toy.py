@@ -104,6 +104,26 @@ def test_split_disjointness_holds_where_questions_are_scarce():
     assert {e.difficulty for e in train} == {1, 2}
 
 
+def test_levels_below_held_out_min_operands_may_be_shared_with_training():
+    # 2..3 single-digit operands: 100 two-operand questions, and an eval split that takes most.
+    cfg = toy.ToyWorldConfig(min_operands=2, max_operands=3, operand_min=0, operand_max=9,
+                             n_train=3000, n_eval=600, held_out_min_operands=3, seed=0)
+    train, eval_ = toy.make_splits(cfg)
+    eval_by_level = {d: {e.question for e in eval_ if e.difficulty == d} for d in (2, 3)}
+    train_by_level = {d: {e.question for e in train if e.difficulty == d} for d in (2, 3)}
+    assert not train_by_level[3] & eval_by_level[3]
+    assert train_by_level[2] & eval_by_level[2]
+    assert len(train_by_level[2]) == 100  # every pair is drawn: nothing of level 2 is withheld
+    corpus_questions = {(_DIRECT.fullmatch(text) or _THOUGHT.fullmatch(text)).group(1)
+                        for text in toy.pretraining_corpus(cfg, 2000, seed=3)}
+    assert not corpus_questions & eval_by_level[3]
+    assert corpus_questions & eval_by_level[2]
+    # Holding out every level leaves level 2 only the pairs the eval split did not take.
+    strict_train, strict_eval = toy.make_splits(dataclasses.replace(cfg, held_out_min_operands=1))
+    assert strict_eval == eval_
+    assert not {e.question for e in strict_train} & {e.question for e in strict_eval}
+
+
 def test_exhausted_difficulty_is_a_clear_error():
     cfg = toy.ToyWorldConfig(min_operands=1, max_operands=1, operand_min=10, operand_max=11,
                              n_train=5, n_eval=50)
@@ -119,6 +139,7 @@ def test_exhausted_difficulty_is_a_clear_error():
     (dict(difficulty_weights=(0.0,) * 8), "positive sum"),
     (dict(p_thought=1.5), "p_thought"),
     (dict(n_eval=-1), "n_eval"),
+    (dict(held_out_min_operands=0), "held_out_min_operands"),
 ])
 def test_bad_config_is_rejected(kwargs, match):
     with pytest.raises(ValueError, match=match):

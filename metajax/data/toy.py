@@ -56,7 +56,12 @@ class ToyWorldConfig:
         pretrained model can both answer directly and reason (the rest are direct answers).
       seed: seed of `make_splits`.
       n_train: training questions (RaM's expert-iteration pool draws from these).
-      n_eval: held-out questions, disjoint from the training split and the pretraining corpus.
+      n_eval: held-out questions, disjoint from the training split and the pretraining corpus
+        (from `held_out_min_operands` operands up).
+      held_out_min_operands: eval questions with fewer operands may also appear in pretraining and
+        the training split. 1 holds out every level. Small levels have few distinct questions
+        (single-digit pairs: 100): a large eval split would take nearly all of them, leaving
+        nothing to learn the level from, when that level is a table to know by heart anyway.
     """
 
     min_operands: int = 1
@@ -68,6 +73,7 @@ class ToyWorldConfig:
     seed: int = 0
     n_train: int = 20_000
     n_eval: int = 512
+    held_out_min_operands: int = 1
 
     def __post_init__(self):
         if not 1 <= self.min_operands <= self.max_operands:
@@ -91,6 +97,10 @@ class ToyWorldConfig:
                     "positive sum")
         if not 0.0 <= self.p_thought <= 1.0:
             raise ValueError(f"ToyWorldConfig: p_thought={self.p_thought} must lie in [0, 1]")
+        if self.held_out_min_operands < 1:
+            raise ValueError(
+                f"ToyWorldConfig: held_out_min_operands={self.held_out_min_operands} must be >= 1 "
+                "(1 holds out eval questions of every difficulty)")
         if self.n_train < 0 or self.n_eval < 0:
             raise ValueError(
                 f"ToyWorldConfig: n_train={self.n_train} and n_eval={self.n_eval} must be >= 0")
@@ -124,11 +134,12 @@ def make_examples(cfg: ToyWorldConfig, n: int, *, seed: int,
 
 
 def make_splits(cfg: ToyWorldConfig) -> tuple[list[Example], list[Example]]:
-    """Returns (train, eval) of sizes (cfg.n_train, cfg.n_eval): no question text in both."""
+    """Returns (train, eval) of sizes (cfg.n_train, cfg.n_eval): no question text in both, from
+    `cfg.held_out_min_operands` operands up."""
     eval_examples = _eval_split(cfg)
     train_rng = np.random.default_rng(np.random.SeedSequence(cfg.seed).spawn(2)[1])
     train = _draw_examples(cfg, cfg.n_train, train_rng, None, id_prefix="toy-train",
-                           exclude=frozenset(ex.question for ex in eval_examples))
+                           exclude=_held_out(cfg, eval_examples))
     return train, eval_examples
 
 
@@ -149,17 +160,17 @@ def pretraining_corpus(cfg: ToyWorldConfig, n: int, seed: int, *,
                        p_thought: float | None = None) -> list[str]:
     """`n` pretraining texts mixing direct answers and answers after a thought.
 
-    Questions never come from the eval split of `make_splits(cfg)`. A question with a non-empty
-    rationale (two operands or more) is written with its thought with probability `p_thought`
-    (default `cfg.p_thought`); single-operand questions have nothing to think about and are
-    always direct.
+    Questions never come from the held-out part of the eval split of `make_splits(cfg)`. A
+    question with a non-empty rationale (two operands or more) is written with its thought with
+    probability `p_thought` (default `cfg.p_thought`); single-operand questions have nothing to
+    think about and are always direct.
     """
     p = cfg.p_thought if p_thought is None else p_thought
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"pretraining_corpus: p_thought={p} must lie in [0, 1]")
     rng = np.random.default_rng(seed)
-    exclude = frozenset(ex.question for ex in _eval_split(cfg))
-    examples = _draw_examples(cfg, n, rng, None, id_prefix="toy-corpus", exclude=exclude)
+    examples = _draw_examples(cfg, n, rng, None, id_prefix="toy-corpus",
+                              exclude=_held_out(cfg, _eval_split(cfg)))
     think = rng.random(n) < p
     return [render_with_thought(ex.question, ex.rationale, ex.answer) if t and ex.rationale
             else render_direct(ex.question, ex.answer)
@@ -207,6 +218,11 @@ def save_tokenizer(directory: str | os.PathLike) -> pathlib.Path:
     (path / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
     (path / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
     return path
+
+
+def _held_out(cfg: ToyWorldConfig, eval_examples: Sequence[Example]) -> frozenset[str]:
+    """The eval questions that training and pretraining draws must avoid."""
+    return frozenset(ex.question for ex in eval_examples if ex.difficulty >= cfg.held_out_min_operands)
 
 
 def _eval_split(cfg: ToyWorldConfig) -> list[Example]:
