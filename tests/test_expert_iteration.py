@@ -9,6 +9,7 @@ import pytest
 from metajax.algorithms.expert_iteration import (ExpertIterationConfig, sample_rollouts, score_rollouts,
                                                  select_rows, training_sequences)
 from metajax.config import load_config
+from metajax.data.graders import split_ram_completion
 from metajax.pipelines import TOY_MODEL_DIR, load_policy, load_questions, run_expert_iteration
 from metajax.rewards.logprobs import score_sequences
 from metajax.rewards.voc import voc_reward
@@ -47,6 +48,22 @@ def test_rollouts_are_graded_and_some_are_right(scored):
     for r in flat:
         if r.correct:  # a correct rollout states the gold answer
             assert r.answer.strip() == pool[r.question_index].answer
+
+
+def test_cot_rollout_prompting_opens_a_thought_in_every_rollout(setup):
+    policy, questions = setup
+    pool = questions[:6]
+    config = dataclasses.replace(TINY, rollout_prompting="cot", rationalize=False)
+    rollouts = sample_rollouts(policy, pool, config, jax.random.key(0))
+    flat = [r for g in rollouts for r in g]
+    assert len(flat) == len(pool) * TINY.samples_per_question
+    assert all(r.thought for r in flat), [r for r in flat if not r.thought]
+    # The greedy rollout is the greedy thought: the same text as the eval's CoT prompting.
+    from metajax.eval.evaluate import evaluate
+    cot = evaluate(policy, pool, prompting="cot", max_new_tokens=TINY.max_new_tokens)
+    assert [g[0].thought for g in rollouts] == [split_ram_completion(r.completion)[0] for r in cot]
+    with pytest.raises(ValueError, match="rollout_prompting"):
+        dataclasses.replace(TINY, rollout_prompting="fewshot")
 
 
 def test_rewards_are_voc_of_independently_scored_sequences(setup, scored):

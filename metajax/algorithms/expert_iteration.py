@@ -24,7 +24,7 @@ import numpy as np
 from metajax.algorithms.policy import Completion, Policy, complete
 from metajax.data.example import Example
 from metajax.data.graders import grade_example, split_ram_completion
-from metajax.data.prompts import PromptConfig, encode_prompt, encode_ram, ram_scoring_pair
+from metajax.data.prompts import FORCED_OPENINGS, PromptConfig, encode_prompt, encode_ram, ram_scoring_pair
 from metajax.files import write_jsonl_atomic
 from metajax.rewards.advantages import group_advantages, ram_keep_mask, star_keep_mask
 from metajax.rewards.logprobs import score_sequences
@@ -41,6 +41,11 @@ class ExpertIterationConfig:
       questions_per_iteration: T, new training questions added to the pool each round (RaM: 512).
       samples_per_question: K rollouts per question, the first greedy (RaM: 3).
       temperature, top_p: sampling of the other K - 1 rollouts (RaM: 0.5, 0.9).
+      rollout_prompting: "policy": a rollout continues the question and the policy decides whether
+        to think (RaM, whose few-shot CoT exemplars lead it to: `data.fewshot`); "cot": every
+        rollout opens a thought (`<thought>` forced), for a model that cannot take few-shot
+        prompts (the toy model's pretraining context is 128 tokens). Either way the direct
+        candidate offers the empty thought, and training rows never contain the prompt's help.
       max_new_tokens: rollout length cap (RaM: 512).
       rationalize: regenerate wrong rollouts with "(The correct answer is y)" appended (RaM: on).
       gamma, cost, eps: VOC reward: U = log(p(y|x,z)+eps) - log(p(y|x)+eps), C = gamma*log(1+l(z))
@@ -56,6 +61,7 @@ class ExpertIterationConfig:
     samples_per_question: int = 3
     temperature: float = 0.5
     top_p: float = 0.9
+    rollout_prompting: Literal["policy", "cot"] = "policy"
     max_new_tokens: int = 512
     rationalize: bool = True
     gamma: float = 0.1
@@ -76,6 +82,9 @@ class ExpertIterationConfig:
             raise ValueError("expert_iteration.gamma must be >= 0 and eps > 0")
         if not 0 < self.top_p <= 1 or self.temperature < 0:
             raise ValueError("expert_iteration.top_p must be in (0, 1] and temperature >= 0")
+        if self.rollout_prompting not in ("policy", "cot"):
+            raise ValueError(f"expert_iteration.rollout_prompting must be 'policy' or 'cot', got "
+                             f"{self.rollout_prompting!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,12 +124,14 @@ def sample_rollouts(policy: Policy, questions: Sequence[Example], config: Expert
     """K rollouts per question (the first greedy, the rest tempered), wrong ones rationalised."""
     prompt_cfg = PromptConfig(style="ram")
     prompts = [encode_prompt(policy.tokenizer, prompt_cfg, q, fewshot) for q in questions]
+    opening = FORCED_OPENINGS[config.rollout_prompting]
+    forced = policy.encode(opening) if opening else []
     k = config.samples_per_question
     temperatures = np.full(k, config.temperature, np.float32)
     temperatures[0] = 0.0
     completions = complete(policy, prompts, max_new_tokens=config.max_new_tokens, n_samples=k,
                            temperature=temperatures, top_p=config.top_p, rng=jax.random.fold_in(rng, 0),
-                           batch_size=config.rollout_batch_size, mesh=mesh, desc="rollouts")
+                           batch_size=config.rollout_batch_size, forced_prefix=forced, mesh=mesh, desc="rollouts")
     groups = [[_rollout(c, questions) for c in completions[i * k:(i + 1) * k]] for i in range(len(questions))]
     if not config.rationalize:
         return groups
@@ -130,7 +141,7 @@ def sample_rollouts(policy: Policy, questions: Sequence[Example], config: Expert
         hinted = [encode_prompt(policy.tokenizer, hint_cfg, questions[i], fewshot) for i, _ in wrong]
         retries = complete(policy, hinted, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
                            top_p=config.top_p, rng=jax.random.fold_in(rng, 1), batch_size=config.rollout_batch_size,
-                           mesh=mesh, desc="rationalisation")
+                           forced_prefix=forced, mesh=mesh, desc="rationalisation")
         for (i, j), c in zip(wrong, retries):
             retry = _rollout(dataclasses.replace(c, prompt_index=i), questions)
             if retry.correct:

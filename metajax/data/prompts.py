@@ -35,6 +35,9 @@ from metajax.data.example import Example
 USER_BLOCK = "[User] {}\n"
 THOUGHT_BLOCK = "<thought> {} </thought>\n"
 ANSWER_MARKER = "[Assistant]"
+# How a RaM-format completion is opened: "direct" forces the answer marker, "cot" forces a thought
+# open, "policy" leaves the choice to the model. Forced tokens count as generated.
+FORCED_OPENINGS = {"direct": ANSWER_MARKER, "cot": THOUGHT_BLOCK.split(" {}")[0], "policy": ""}
 STAR_HINT = "\n(The correct answer is {answer})"
 # Wang et al. 2023, "Plan-and-Solve Prompting", the PS trigger.
 PLAN_AND_SOLVE_TRIGGER = (
