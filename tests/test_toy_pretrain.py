@@ -70,17 +70,17 @@ def test_shipped_model_is_small(shipped_table):
 
 
 def test_shipped_model_answers_easy_questions_directly_but_not_hard_ones(shipped_table):
+    # Measured on up to 200 questions a level: direct 1.00, 0.98, 0.91, 0.79, 0.57 (README.md).
     levels = sorted(shipped_table)
-    assert shipped_table[levels[0]].direct >= 0.85
-    hardest = [shipped_table[level] for level in levels[-2:]]
-    assert sum(r.direct * r.n for r in hardest) / sum(r.n for r in hardest) <= 0.5
+    direct = [shipped_table[level].direct for level in levels]
+    assert direct[0] >= 0.9
+    assert direct[-1] <= 0.7
+    assert all(later <= earlier + 0.05 for earlier, later in zip(direct, direct[1:])), direct
 
 
 def test_shipped_model_answers_after_a_thought(shipped_table):
-    # Measured on 60 questions a level: 0.98, 0.96, 0.84, 0.75, 0.50 (see the model's README.md);
-    # the six-operand level is where this 0.9M-parameter model still slips.
-    levels = sorted(shipped_table)
-    for level in levels[:-1]:
-        assert shipped_table[level].thought >= 0.65, shipped_table[level]
-    assert shipped_table[levels[-1]].thought >= 0.35
-    assert shipped_table[levels[0]].thought >= 0.9
+    # Measured on up to 200 questions a level: 1.00, 1.00, 1.00, 1.00, 0.96 (README.md).
+    for level, row in shipped_table.items():
+        assert row.thought >= 0.85, row
+    hardest = shipped_table[max(shipped_table)]
+    assert hardest.thought - hardest.direct >= 0.25, hardest

@@ -26,7 +26,7 @@ import jax
 from metajax.algorithms.policy import Policy, complete
 from metajax.data import toy
 from metajax.data.example import Example
-from metajax.data.prompts import USER_BLOCK
+from metajax.data.prompts import FORCED_OPENINGS, USER_BLOCK
 from metajax.files import write_text_atomic
 from metajax.data.graders import grade_example, split_ram_completion
 from metajax.models import ModelConfig, init_params, save_hf
@@ -36,12 +36,13 @@ DEFAULT_OUT_DIR = Path(__file__).resolve().parent.parent / "assets" / "toy_model
 
 # Two to six single-digit operands: one addition (level 2) is learnable in a single forward pass,
 # six operands are not; two-digit operands taught a CPU-budget model no arithmetic at all. Level 1
-# (a bare copy) is left out: it has no thought, so "answer after a thought" is undefined there. Easy levels are common, so a policy that thinks only when needed saves many tokens.
+# (a bare copy) is left out: it has no thought, so "answer after a thought" is undefined there.
+# Easy levels are common (3:3:2:1:1), so a policy that thinks only when it must saves many tokens.
+# 1000 eval questions keep the standard error of an accuracy near 1 point; level 2 (the 100-entry
+# addition table, which those draws nearly exhaust) is not held out of training.
 SHIPPED_WORLD = toy.ToyWorldConfig(min_operands=2, max_operands=6, operand_min=0, operand_max=9,
-                                   difficulty_weights=(3.0, 3.0, 2.0, 1.0, 1.0), n_eval=200)
-
-_DIRECT_PREFIX = "[Assistant]"
-_THOUGHT_PREFIX = "<thought>"
+                                   difficulty_weights=(3.0, 3.0, 2.0, 1.0, 1.0), n_eval=1000,
+                                   held_out_min_operands=3)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +72,7 @@ class ToyPretrainConfig:
     intermediate_size: int = 384
     num_layers: int = 4
     num_heads: int = 4
-    corpus_size: int = 40_000
+    corpus_size: int = 64_000
     corpus_seed: int = 1
     seq_len: int = 128
     batch_size: int = 32
@@ -82,7 +83,7 @@ class ToyPretrainConfig:
     max_grad_norm: float = 1.0
     seed: int = 0
     out_dir: str = str(DEFAULT_OUT_DIR)
-    eval_per_level: int = 60
+    eval_per_level: int = 200
     max_new_tokens: int = 128
 
     def __post_init__(self):
@@ -214,7 +215,7 @@ def accuracy_table(policy: Policy, examples: Sequence[Example], *, max_new_token
         return complete(policy, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
                         forced_prefix=policy.encode(prefix) if prefix else ())
 
-    direct, thought, own = run(_DIRECT_PREFIX), run(_THOUGHT_PREFIX), run("")
+    direct, thought, own = (run(FORCED_OPENINGS[name]) for name in ("direct", "cot", "policy"))
     rows = []
     for d in sorted({ex.difficulty for ex in examples}):
         idx = [i for i, ex in enumerate(examples) if ex.difficulty == d]
