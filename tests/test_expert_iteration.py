@@ -64,6 +64,8 @@ def test_cot_rollout_prompting_opens_a_thought_in_every_rollout(setup):
     assert [g[0].thought for g in rollouts] == [split_ram_completion(r.completion)[0] for r in cot]
     with pytest.raises(ValueError, match="rollout_prompting"):
         dataclasses.replace(TINY, rollout_prompting="fewshot")
+    with pytest.raises(ValueError, match=r"prompting must be one of \['cot', 'direct', 'policy'\]"):
+        evaluate(policy, pool, prompting="fewshot")
 
 
 def test_rewards_are_voc_of_independently_scored_sequences(setup, scored):

@@ -24,7 +24,7 @@ import numpy as np
 from metajax.algorithms.policy import Completion, Policy, complete
 from metajax.data.example import Example
 from metajax.data.graders import grade_example, split_ram_completion
-from metajax.data.prompts import FORCED_OPENINGS, PromptConfig, encode_prompt, encode_ram, ram_scoring_pair
+from metajax.data.prompts import PromptConfig, encode_prompt, encode_ram, ram_scoring_pair
 from metajax.files import write_jsonl_atomic
 from metajax.rewards.advantages import group_advantages, ram_keep_mask, star_keep_mask
 from metajax.rewards.logprobs import score_sequences
@@ -124,8 +124,7 @@ def sample_rollouts(policy: Policy, questions: Sequence[Example], config: Expert
     """K rollouts per question (the first greedy, the rest tempered), wrong ones rationalised."""
     prompt_cfg = PromptConfig(style="ram")
     prompts = [encode_prompt(policy.tokenizer, prompt_cfg, q, fewshot) for q in questions]
-    opening = FORCED_OPENINGS[config.rollout_prompting]
-    forced = policy.encode(opening) if opening else []
+    forced = policy.opening(config.rollout_prompting)
     k = config.samples_per_question
     temperatures = np.full(k, config.temperature, np.float32)
     temperatures[0] = 0.0
@@ -234,9 +233,12 @@ def group_statistics(groups: ScoredGroups, rows: Sequence[Rollout]) -> dict[str,
 
 def save_rows(path: Path, questions: Sequence[Example], rows: Sequence[Rollout]) -> None:
     """The filtered training set as JSONL, for inspection (written atomically)."""
-    write_jsonl_atomic(path, ({"id": questions[r.question_index].id, "question": questions[r.question_index].question,
-                               "thought": r.thought, "answer": questions[r.question_index].answer,
-                               "rationalized": r.rationalized, "direct_candidate": r.direct} for r in rows))
+    def record(row: Rollout) -> dict:
+        question = questions[row.question_index]
+        return {"id": question.id, "question": question.question, "thought": row.thought,
+                "answer": question.answer, "rationalized": row.rationalized, "direct_candidate": row.direct}
+
+    write_jsonl_atomic(path, map(record, rows))
 
 
 def _rollout(completion: Completion, questions: Sequence[Example]) -> Rollout:

@@ -9,7 +9,7 @@ from typing import Any
 import jax
 from tqdm.auto import tqdm
 
-from metajax.data.prompts import ANSWER_MARKER, PromptTokenizer, as_prompt_tokenizer
+from metajax.data.prompts import ANSWER_MARKER, FORCED_OPENINGS, PromptTokenizer, as_prompt_tokenizer
 from metajax.models.config import ModelConfig
 from metajax.sampling import generate
 
@@ -43,6 +43,13 @@ class Policy:
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode_offsets(text)[0]
+
+    def opening(self, prompting: str) -> list[int]:
+        """Token ids forced at the start of every completion under `prompting` ("direct", "cot" or
+        "policy": `metajax.data.prompts.FORCED_OPENINGS`); none for "policy"."""
+        if prompting not in FORCED_OPENINGS:
+            raise ValueError(f"prompting must be one of {sorted(FORCED_OPENINGS)}, got {prompting!r}")
+        return self.encode(FORCED_OPENINGS[prompting]) if FORCED_OPENINGS[prompting] else []
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.offsets_backend.decode(list(ids), skip_special_tokens=True)

@@ -26,9 +26,9 @@ import jax
 from metajax.algorithms.policy import Policy, complete
 from metajax.data import toy
 from metajax.data.example import Example
-from metajax.data.prompts import FORCED_OPENINGS, USER_BLOCK
-from metajax.files import write_text_atomic
 from metajax.data.graders import grade_example, split_ram_completion
+from metajax.data.prompts import USER_BLOCK
+from metajax.files import write_text_atomic
 from metajax.models import ModelConfig, init_params, save_hf
 from metajax.train import MetricsWriter, OptimizerConfig, train_sft
 
@@ -211,11 +211,11 @@ def accuracy_table(policy: Policy, examples: Sequence[Example], *, max_new_token
     prompts = [list(policy.tokenizer.prefix_ids) + policy.encode(USER_BLOCK.format(ex.question))
                for ex in examples]
 
-    def run(prefix: str):
+    def run(prompting: str):
         return complete(policy, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                        forced_prefix=policy.encode(prefix) if prefix else ())
+                        forced_prefix=policy.opening(prompting))
 
-    direct, thought, own = (run(FORCED_OPENINGS[name]) for name in ("direct", "cot", "policy"))
+    direct, thought, own = (run(prompting) for prompting in ("direct", "cot", "policy"))
     rows = []
     for d in sorted({ex.difficulty for ex in examples}):
         idx = [i for i, ex in enumerate(examples) if ex.difficulty == d]

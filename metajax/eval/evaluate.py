@@ -10,8 +10,9 @@ from pathlib import Path
 from metajax.algorithms.policy import Policy, complete
 from metajax.data.example import Example
 from metajax.data.graders import grade_example, split_ram_completion
-from metajax.data.prompts import FORCED_OPENINGS, PromptConfig, encode_prompt
+from metajax.data.prompts import PromptConfig, encode_prompt
 from metajax.files import write_jsonl_atomic
+
 
 @dataclasses.dataclass(frozen=True)
 class EvalRecord:
@@ -33,10 +34,8 @@ def evaluate(policy: Policy, examples: Sequence[Example], *, prompting: str = "p
     prompting: "policy" (the model decides whether to think), "cot" (a thought is forced open) or
       "direct" (the answer marker is forced).
     """
-    if prompting not in FORCED_OPENINGS:
-        raise ValueError(f"prompting must be one of {sorted(FORCED_OPENINGS)}, got {prompting!r}")
+    prefix = policy.opening(prompting)
     prompts = [encode_prompt(policy.tokenizer, PromptConfig(style="ram"), ex, fewshot) for ex in examples]
-    prefix = policy.encode(FORCED_OPENINGS[prompting]) if FORCED_OPENINGS[prompting] else []
     completions = complete(policy, prompts, max_new_tokens=max_new_tokens, temperature=0.0, batch_size=batch_size,
                            forced_prefix=prefix, mesh=mesh, desc=f"eval ({prompting})")
     records = []
