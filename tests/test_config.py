@@ -30,6 +30,8 @@ def test_a_partial_section_overrides_only_its_keys():
     from metajax.algorithms.toy_pretrain import SHIPPED_WORLD
     config = load_config(None, ["data.toy.n_eval=40", "data.toy.p_thought=0.25"])
     assert config.data.toy == dataclasses.replace(SHIPPED_WORLD, n_eval=40, p_thought=0.25)
+    per_level = load_config(None, ["data.toy.p_thought=[0.1, 0.2, 0.3, 0.4, 0.5]"])
+    assert per_level.data.toy.p_thought == (0.1, 0.2, 0.3, 0.4, 0.5)
     pretrain = load_config(None, ["task=toy_pretrain", "toy_pretrain.world.max_operands=8",
                                   "toy_pretrain.world.difficulty_weights=[1, 1, 1, 1, 1, 1, 1]"])
     assert pretrain.toy_pretrain.world == dataclasses.replace(
@@ -48,6 +50,8 @@ def test_a_partial_section_overrides_only_its_keys():
     ("task=blah", r"task: 'blah' is not one of"),
     ("eval.methods=[cot, magic]", r"unknown method 'magic'"),
     ("novalue", r"must look like key.sub=value"),
+    ("data.toy.p_thought=[0.4, 0.2]", r"data.toy: ToyWorldConfig: p_thought has 2 entries but there are 5 "
+                                      r"difficulties \(2, 3, 4, 5, 6\): give one share each"),
 ])
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):

@@ -138,6 +138,8 @@ def test_exhausted_difficulty_is_a_clear_error():
     (dict(difficulty_weights=(1.0, 2.0)), "one weight each"),
     (dict(difficulty_weights=(0.0,) * 8), "positive sum"),
     (dict(p_thought=1.5), "p_thought"),
+    (dict(p_thought=(0.5,) * 7 + (1.2,)), "p_thought"),
+    (dict(p_thought=(0.5, 0.5)), "one share each"),
     (dict(n_eval=-1), "n_eval"),
     (dict(held_out_min_operands=0), "held_out_min_operands"),
 ])
@@ -179,6 +181,27 @@ def test_pretraining_corpus_mixes_formats_and_avoids_eval_questions():
         if m.re is _THOUGHT:
             assert m.group(2).split(" = ")[-1] == answer
     assert abs(thought / multi - 0.3) < 0.04
+
+
+def test_pretraining_corpus_per_level_thought_shares():
+    shares = (0.0, 0.1, 0.5, 0.9)
+    cfg = toy.ToyWorldConfig(min_operands=2, max_operands=5, operand_min=0, operand_max=9,
+                             n_train=10, n_eval=50, p_thought=shares)
+    n = 8000
+    texts = toy.pretraining_corpus(cfg, n, seed=3)
+    seen = {d: [0, 0] for d in cfg.difficulties}  # level -> [texts, with a thought]
+    for text in texts:
+        m = _THOUGHT.fullmatch(text) or _DIRECT.fullmatch(text)
+        assert m, text
+        counts = seen[len(_operands(m.group(1)))]
+        counts[0] += 1
+        counts[1] += m.re is _THOUGHT
+    for d, share in zip(cfg.difficulties, shares):
+        total, thought = seen[d]
+        # Four binomial standard errors: a false failure about once in 15,000 runs per level.
+        assert abs(thought / total - share) <= 4 * (share * (1 - share) / total) ** 0.5 + 1e-9, d
+    # An explicit p_thought still overrides every level's share.
+    assert all("<thought>" in t for t in toy.pretraining_corpus(cfg, 200, seed=3, p_thought=1.0))
 
 
 @pytest.mark.parametrize("p", [0.0, 1.0])

@@ -53,7 +53,10 @@ class ToyWorldConfig:
       difficulty_weights: relative frequency of each difficulty from `min_operands` to
         `max_operands`; None = uniform.
       p_thought: fraction of multi-operand pretraining texts written with their thought, so the
-        pretrained model can both answer directly and reason (the rest are direct answers).
+        pretrained model can both answer directly and reason (the rest are direct answers): one
+        share for all levels, or one per difficulty. Per-level shares model a world where people
+        answer easy questions off the cuff and work hard ones out, so direct answers are
+        practised where they can be right.
       seed: seed of `make_splits`.
       n_train: training questions (RaM's expert-iteration pool draws from these).
       n_eval: held-out questions, disjoint from the training split and the pretraining corpus
@@ -69,7 +72,7 @@ class ToyWorldConfig:
     operand_min: int = 10
     operand_max: int = 99
     difficulty_weights: tuple[float, ...] | None = None
-    p_thought: float = 0.5
+    p_thought: float | tuple[float, ...] = 0.5
     seed: int = 0
     n_train: int = 20_000
     n_eval: int = 512
@@ -95,7 +98,13 @@ class ToyWorldConfig:
                 raise ValueError(
                     f"ToyWorldConfig: difficulty_weights {weights} must be non-negative with a "
                     "positive sum")
-        if not 0.0 <= self.p_thought <= 1.0:
+        shares = self.p_thought if isinstance(self.p_thought, tuple) else (self.p_thought,)
+        if isinstance(self.p_thought, tuple) and len(shares) != len(self.difficulties):
+            raise ValueError(
+                f"ToyWorldConfig: p_thought has {len(shares)} entries but there are "
+                f"{len(self.difficulties)} difficulties {self.difficulties}: give one share each, "
+                "or a single number for all")
+        if not all(0.0 <= p <= 1.0 for p in shares):
             raise ValueError(f"ToyWorldConfig: p_thought={self.p_thought} must lie in [0, 1]")
         if self.held_out_min_operands < 1:
             raise ValueError(
@@ -109,6 +118,12 @@ class ToyWorldConfig:
     def difficulties(self) -> tuple[int, ...]:
         """The difficulty levels, easiest first (operand counts)."""
         return tuple(range(self.min_operands, self.max_operands + 1))
+
+    def thought_share(self, difficulty: int) -> float:
+        """`p_thought` of one difficulty level."""
+        if isinstance(self.p_thought, tuple):
+            return self.p_thought[self.difficulties.index(difficulty)]
+        return self.p_thought
 
     @property
     def weights(self) -> tuple[float, ...]:
@@ -162,16 +177,17 @@ def pretraining_corpus(cfg: ToyWorldConfig, n: int, seed: int, *,
 
     Questions never come from the held-out part of the eval split of `make_splits(cfg)`. A
     question with a non-empty rationale (two operands or more) is written with its thought with
-    probability `p_thought` (default `cfg.p_thought`); single-operand questions have nothing to
-    think about and are always direct.
+    probability `p_thought` (default: `cfg.p_thought` of the question's level); single-operand
+    questions have nothing to think about and are always direct.
     """
-    p = cfg.p_thought if p_thought is None else p_thought
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"pretraining_corpus: p_thought={p} must lie in [0, 1]")
+    if p_thought is not None and not 0.0 <= p_thought <= 1.0:
+        raise ValueError(f"pretraining_corpus: p_thought={p_thought} must lie in [0, 1]")
     rng = np.random.default_rng(seed)
     examples = _draw_examples(cfg, n, rng, None, id_prefix="toy-corpus",
                               exclude=_held_out(cfg, _eval_split(cfg)))
-    think = rng.random(n) < p
+    shares = np.array([cfg.thought_share(ex.difficulty) if p_thought is None else p_thought
+                       for ex in examples])
+    think = rng.random(n) < shares
     return [render_with_thought(ex.question, ex.rationale, ex.answer) if t and ex.rationale
             else render_direct(ex.question, ex.answer)
             for ex, t in zip(examples, think)]
