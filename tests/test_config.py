@@ -33,9 +33,15 @@ def test_a_partial_section_overrides_only_its_keys():
     per_level = load_config(None, ["data.toy.p_thought=[0.1, 0.2, 0.3, 0.4, 0.5]"])
     assert per_level.data.toy.p_thought == (0.1, 0.2, 0.3, 0.4, 0.5)
     pretrain = load_config(None, ["task=toy_pretrain", "toy_pretrain.world.max_operands=8",
-                                  "toy_pretrain.world.difficulty_weights=[1, 1, 1, 1, 1, 1, 1]"])
+                                  "toy_pretrain.world.difficulty_weights=[1, 1, 1, 1, 1, 1, 1]",
+                                  "toy_pretrain.world.p_thought=0.5"])
     assert pretrain.toy_pretrain.world == dataclasses.replace(
-        SHIPPED_WORLD, max_operands=8, difficulty_weights=(1.0,) * 7)
+        SHIPPED_WORLD, max_operands=8, difficulty_weights=(1.0,) * 7, p_thought=0.5)
+    # More levels than the shipped per-level shares: the error says what to give.
+    with pytest.raises(ConfigError, match=r"toy_pretrain.world: .*p_thought has 5 entries but there are 7 "
+                                          r"difficulties .* or a single number for all"):
+        load_config(None, ["task=toy_pretrain", "toy_pretrain.world.max_operands=8",
+                           "toy_pretrain.world.difficulty_weights=[1, 1, 1, 1, 1, 1, 1]"])
     assert pretrain.toy_pretrain.hidden_size == 128
 
 

@@ -70,16 +70,16 @@ def test_shipped_model_is_small(shipped_table):
 
 
 def test_shipped_model_answers_easy_questions_directly_but_not_hard_ones(shipped_table):
-    # Measured on up to 200 questions a level: direct 1.00, 0.98, 0.91, 0.79, 0.57 (README.md).
+    # Measured on up to 200 questions a level: direct 1.00, 0.96, 0.81, 0.47, 0.20 (README.md).
     levels = sorted(shipped_table)
     direct = [shipped_table[level].direct for level in levels]
     assert direct[0] >= 0.9
-    assert direct[-1] <= 0.7
+    assert direct[-1] < 0.5
     assert all(later <= earlier + 0.05 for earlier, later in zip(direct, direct[1:])), direct
 
 
 def test_shipped_model_answers_after_a_thought(shipped_table):
-    # Measured on up to 200 questions a level: 1.00, 1.00, 1.00, 1.00, 0.96 (README.md).
+    # Measured on up to 200 questions a level: 1.00, 0.99, 0.99, 1.00, 0.99 (README.md).
     for level, row in shipped_table.items():
         assert row.thought >= 0.85, row
     hardest = shipped_table[max(shipped_table)]
