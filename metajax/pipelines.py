@@ -57,7 +57,8 @@ def run_expert_iteration_pipeline(config: Config, run_dir: Path) -> dict:
                 compute_dtype=_dtype(config.model.compute_dtype))
             save_hf(trained[method].params, trained[method].cfg, run_dir / method / "final")
             _copy_tokenizer(config, run_dir / method / "final")
-        summaries = evaluate_methods(config, run_dir, eval_questions, base, trained, mesh=mesh, metrics=metrics)
+        summaries = evaluate_methods(config, run_dir, eval_questions, base, trained, fewshot=fewshot, mesh=mesh,
+                                     metrics=metrics)
     return write_results(run_dir, summaries)
 
 
@@ -65,20 +66,25 @@ def run_eval_pipeline(config: Config, run_dir: Path) -> dict:
     """`task: eval`: evaluate the configured checkpoint with each method's prompting."""
     mesh = _mesh(config)
     policy = load_policy(config, mesh)
-    _, eval_questions, _ = load_questions(config)
+    _, eval_questions, fewshot = load_questions(config)
     trained = {m: policy for m in config.eval.methods if m not in ("cot", "direct")}
-    return write_results(run_dir, evaluate_methods(config, run_dir, eval_questions, policy, trained, mesh=mesh))
+    return write_results(run_dir, evaluate_methods(config, run_dir, eval_questions, policy, trained, fewshot=fewshot,
+                                                   mesh=mesh))
 
 
 def evaluate_methods(config: Config, run_dir: Path, questions: Sequence[Example], base: Policy,
-                     trained: dict[str, Policy], *, mesh=None, metrics: MetricsWriter | None = None) -> dict:
-    """Evaluates each of `config.eval.methods`: "direct" and "cot" prompt `base`, the others are the
-    policies in `trained`, which choose for themselves. Writes `eval_<method>.jsonl`; returns summaries."""
+                     trained: dict[str, Policy], *, fewshot: Sequence[Example] = (), mesh=None,
+                     metrics: MetricsWriter | None = None) -> dict:
+    """Evaluates each of `config.eval.methods`: "direct" and "cot" prompt `base` after the `fewshot`
+    examples (the paper's few-shot baselines), the others are the policies in `trained`, which were
+    fine-tuned on the format and choose for themselves, zero-shot. Writes `eval_<method>.jsonl`;
+    returns summaries."""
     summaries = {}
     for method in config.eval.methods:
-        policy, prompting = (base, method) if method in ("cot", "direct") else (trained[method], "policy")
+        baseline = method in ("cot", "direct")
+        policy, prompting = (base, method) if baseline else (trained[method], "policy")
         records = evaluate(policy, questions, prompting=prompting, max_new_tokens=config.eval.max_new_tokens,
-                           batch_size=config.eval.batch_size, mesh=mesh)
+                           batch_size=config.eval.batch_size, fewshot=fewshot if baseline else (), mesh=mesh)
         write_records(run_dir / f"eval_{method}.jsonl", records)
         summaries[method] = summarize(records)
         if metrics is not None:

@@ -166,3 +166,23 @@ def test_too_few_questions_is_a_clear_error(setup, tmp_path):
     policy, questions = setup
     with pytest.raises(ValueError, match="needs 24 training questions"):
         run_expert_iteration(policy, questions[:5], TINY, OPTIM, tmp_path, rng=jax.random.key(0))
+
+
+def test_baselines_are_few_shot_and_trained_policies_zero_shot(setup, tmp_path, monkeypatch):
+    # The paper's direct and CoT baselines prompt the base model with few-shot examples; fine-tuned
+    # policies answer zero-shot.
+    import metajax.pipelines as pipelines
+    policy, questions = setup
+    shots, eval_questions = questions[:1], questions[1:3]
+    seen, real_evaluate = {}, pipelines.evaluate
+
+    def recording_evaluate(policy_, examples, *, prompting, fewshot=(), **kwargs):
+        seen[prompting] = list(fewshot)
+        return real_evaluate(policy_, examples, prompting=prompting, fewshot=fewshot, **kwargs)
+
+    monkeypatch.setattr(pipelines, "evaluate", recording_evaluate)
+    config = load_config(None, ["eval.methods=[direct, cot, ram]", "eval.max_new_tokens=16"])
+    summaries = pipelines.evaluate_methods(config, tmp_path, eval_questions, policy, {"ram": policy}, fewshot=shots)
+    assert seen == {"direct": shots, "cot": shots, "policy": []}
+    assert set(summaries) == {"direct", "cot", "ram"}
+    assert all((tmp_path / f"eval_{m}.jsonl").is_file() for m in summaries)
