@@ -1,6 +1,7 @@
 """Graders: table-driven verdicts on real-looking completions, and bounded time on hostile ones."""
 
 import signal
+import sys
 import threading
 import time
 
@@ -686,6 +687,36 @@ def test_deadline_bounds_an_expensive_comparison_and_restores_the_alarm(warm_mat
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def test_an_alarm_lost_in_a_finaliser_is_retried_and_not_reported(monkeypatch):
+    # The first alarm fires inside a finaliser, where Python swallows the exception (ending the
+    # finaliser) and reports it to sys.unraisablehook; the repeating alarm must still stop the
+    # body, and nothing may be reported.
+    from metajax.data.graders import _ALARM_REPEAT_S, _deadline, _DeadlineExceeded
+
+    reported, finaliser = [], []
+    monkeypatch.setattr(sys, "unraisablehook", reported.append)
+
+    class SlowToDie:
+        def __del__(self):
+            finaliser.append("started")
+            until = time.monotonic() + 1.0
+            while time.monotonic() < until:
+                pass
+            finaliser.append("finished")
+
+    started = time.monotonic()
+    with pytest.raises(_DeadlineExceeded):
+        with _deadline(0.05):
+            SlowToDie()  # dies at once, inside the deadline
+            while True:
+                pass
+    assert finaliser == ["started"]  # the first alarm ended the finaliser, not the body
+    assert 0.05 + _ALARM_REPEAT_S * 0.9 <= time.monotonic() - started < 0.9
+    assert reported == []
+    assert sys.unraisablehook == reported.append
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
 
 
 def test_grading_works_outside_the_main_thread():
