@@ -29,6 +29,8 @@ from metajax.train.optim import OptimizerConfig
 from metajax.train.sft import train_sft
 
 TOY_MODEL_DIR = Path(__file__).parent / "assets" / "toy_model"
+# Evaluation methods that prompt the base model (few-shot, a forced opening); the others are trained policies.
+BASELINE_METHODS = ("direct", "cot")
 
 
 def run(config: Config) -> dict:
@@ -67,7 +69,7 @@ def run_eval_pipeline(config: Config, run_dir: Path) -> dict:
     mesh = _mesh(config)
     policy = load_policy(config, mesh)
     _, eval_questions, fewshot = load_questions(config)
-    trained = {m: policy for m in config.eval.methods if m not in ("cot", "direct")}
+    trained = {m: policy for m in config.eval.methods if m not in BASELINE_METHODS}
     return write_results(run_dir, evaluate_methods(config, run_dir, eval_questions, policy, trained, fewshot=fewshot,
                                                    mesh=mesh))
 
@@ -81,7 +83,7 @@ def evaluate_methods(config: Config, run_dir: Path, questions: Sequence[Example]
     returns summaries."""
     summaries = {}
     for method in config.eval.methods:
-        baseline = method in ("cot", "direct")
+        baseline = method in BASELINE_METHODS
         policy, prompting = (base, method) if baseline else (trained[method], "policy")
         records = evaluate(policy, questions, prompting=prompting, max_new_tokens=config.eval.max_new_tokens,
                            batch_size=config.eval.batch_size, fewshot=fewshot if baseline else (), mesh=mesh)
