@@ -2,7 +2,7 @@
 
 Both systems score the same batch with the same weights: transformers' PyTorch forward under
 `torch.inference_mode()`, then `log_softmax` and a gather of the target tokens (what RaM's reward
-code does), against `metajax.rewards.logprobs.sequence_logprobs` under `jax.jit`. The results are
+code does), against `metajax.models.sequence_logprobs` (compiled). The results are
 compared before anything is timed.
 
 Reported: target tokens scored per second, the ratio metajax / transformers, and model FLOP
@@ -30,7 +30,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks.common` impor
 from benchmarks.common import (benchmark_parser, build_twin_models, check_args, format_table,
                                machine_summary, matmul_flops_per_second, reference_config, time_calls,
                                torch_device, use_all_cores)
-from metajax.rewards.logprobs import sequence_logprobs
+from metajax.models.logprobs import sequence_logprobs
 
 # Largest |metajax - transformers| tolerated, relative to the largest |score|: float32 sums of a
 # few hundred log-probs agree to ~1e-6; bfloat16 activations round at ~4e-3 per op.
@@ -65,14 +65,13 @@ def main(argv: list[str] | None = None) -> None:
 
     # As `score_sequences` does: vocabulary logits only where a target is predicted.
     max_targets = int(target_mask.sum(axis=1).max())
-    score = jax.jit(sequence_logprobs, static_argnums=1, static_argnames="max_targets")
     device = torch_device()
     torch_tokens = torch.from_numpy(tokens).to(device)
     torch_targets = torch.from_numpy(target_mask).to(device)
     torch_attention = torch.from_numpy(attention_mask).to(device)
 
     def run_metajax():
-        return jax.block_until_ready(score(params, cfg, tokens, target_mask, attention_mask=attention_mask,
+        return jax.block_until_ready(sequence_logprobs(params, cfg, tokens, target_mask, attention_mask=attention_mask,
                                            max_targets=max_targets))
 
     def run_transformers():

@@ -19,13 +19,11 @@ from typing import Any, Literal
 import yaml
 
 from metajax.algorithms.expert_iteration import ExpertIterationConfig
+from metajax.algorithms.grpo import GRPOConfig
 from metajax.algorithms.toy_pretrain import SHIPPED_WORLD, ToyPretrainConfig
 from metajax.data.toy import ToyWorldConfig
 from metajax.models.sharding import MeshConfig
 from metajax.train.optim import OptimizerConfig
-
-TASKS = ("ram", "star", "eval", "toy_pretrain", "convert")
-
 
 class ConfigError(ValueError):
     """A configuration that cannot run; the message names the key and how to fix it."""
@@ -35,8 +33,8 @@ class ConfigError(ValueError):
 class ModelSection:
     """Which checkpoint to start from.
 
-    path: a Hugging Face checkpoint directory (config.json + safetensors), or "toy" for the toy
-      world's bundled model.
+    path: a Hugging Face checkpoint directory (config.json + safetensors), or a bundled toy-world
+      model: "toy" (answers easy sums directly by habit) or "toy_thinker" (thinks on every sum).
     gguf: a GGUF file to convert instead (Llama architecture), e.g. SmolLM2-135M.
     dtype: parameter dtype. compute_dtype: training compute dtype (bf16 keeps fp32 master weights).
     """
@@ -72,25 +70,28 @@ class DataSection:
 class EvalSection:
     """Greedy, zero-shot evaluation (RaM paper: max 512 new tokens).
 
-    methods: which policies to compare: "direct" and "cot" prompt the base model; "star" and "ram"
-      are the policies those loops trained (run within the same command).
+    methods: which rows to compare (`metajax.pipelines.METHODS`): "base" (the base model left to
+      itself), "direct" and "cot" prompt the base model; "star", "ram" and "grpo" are the policies
+      those loops trained from it (within the same command).
     """
 
-    methods: tuple[str, ...] = ("cot", "star", "ram")
+    methods: tuple[str, ...] = ("base", "cot", "star", "ram")
     max_new_tokens: int = 512
     batch_size: int = 64
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """A whole run. `task` picks the pipeline (`metajax.main`)."""
+    """A whole run. `task` picks the pipeline (`metajax.pipelines.TASKS`: ram, star, grpo, eval,
+    toy_pretrain, convert)."""
 
-    task: Literal["ram", "star", "eval", "toy_pretrain", "convert"] = "ram"
+    task: str = "ram"
     run_dir: str = "runs/default"
     seed: int = 0
     model: ModelSection = ModelSection()
     data: DataSection = DataSection()
     expert_iteration: ExpertIterationConfig = ExpertIterationConfig()
+    grpo: GRPOConfig = GRPOConfig()
     train: OptimizerConfig = OptimizerConfig()
     eval: EvalSection = EvalSection()
     mesh: MeshConfig = MeshConfig()
@@ -222,6 +223,10 @@ def _coerce(tp, value, key: str):
 
 def validate(config: Config) -> None:
     """Range and file checks that types alone cannot express."""
+    from metajax.pipelines import METHODS, TASKS, TOY_MODEL_DIRS
+
+    if config.task not in TASKS:
+        raise ConfigError(f"task: {config.task!r} is not one of {', '.join(TASKS)}")
     ei, ev, data = config.expert_iteration, config.eval, config.data
     for key, value in [("expert_iteration.max_new_tokens", ei.max_new_tokens), ("eval.max_new_tokens", ev.max_new_tokens),
                        ("eval.batch_size", ev.batch_size), ("expert_iteration.samples_per_question", ei.samples_per_question),
@@ -230,7 +235,7 @@ def validate(config: Config) -> None:
             raise ConfigError(f"{key} must be >= 1 (a token budget or count below one cannot run); got {value}")
     if data.fewshot < 0:
         raise ConfigError(f"data.fewshot must be >= 0; got {data.fewshot}")
-    if config.model.path != "toy" and config.model.gguf is None and config.task != "toy_pretrain":
+    if config.model.path not in TOY_MODEL_DIRS and config.model.gguf is None and config.task != "toy_pretrain":
         if not (Path(config.model.path) / "config.json").is_file():
             raise ConfigError(f"model.path: {config.model.path} has no config.json; point it at a Hugging Face "
                               "checkpoint directory, or use model.gguf for a GGUF file")
@@ -241,8 +246,9 @@ def validate(config: Config) -> None:
         if value is not None and data.source == "local" and not Path(value).exists():
             raise ConfigError(f"data.{key}: {value} does not exist; run `python -m metajax.data.prepare` "
                               "or point it at the dataset's local file")
-    if data.dataset != "toy" and data.source == "local" and data.train_path is None and config.task in ("ram", "star"):
+    trains = config.task in METHODS and METHODS[config.task].train is not None
+    if data.dataset != "toy" and data.source == "local" and data.train_path is None and trains:
         raise ConfigError(f"data.train_path is required for dataset {data.dataset!r} with source 'local'")
-    unknown = [m for m in ev.methods if m not in ("direct", "cot", "star", "ram")]
+    unknown = [m for m in ev.methods if m not in METHODS]
     if unknown:
-        raise ConfigError(f"eval.methods: unknown method {unknown[0]!r}; choose from direct, cot, star, ram")
+        raise ConfigError(f"eval.methods: unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")

@@ -1,36 +1,38 @@
-"""The runs `metajax.main` can start, one function per `task`.
+"""The runs `metajax.main` can start, one function per `task`, and the methods a results table compares.
 
-Data flows one way: config -> data -> policy -> expert iteration (sample, score, select, train) ->
-checkpoint -> evaluation -> results in the run directory.
+This module only wires a config to the loops of `metajax.algorithms`. Data flows one way:
+config -> data -> policy -> training loop (sample, reward, select or weight, update) -> checkpoint ->
+evaluation -> results in the run directory. `TASKS` and `METHODS` are the only lists of tasks and
+methods: a new one is registered there and nowhere else.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 
-from metajax.algorithms.expert_iteration import (ExpertIterationConfig, group_statistics, sample_rollouts,
-                                                 save_rows, score_rollouts, select_rows, training_sequences)
-from metajax.algorithms.policy import Policy
-from metajax.config import Config
+from metajax.algorithms.expert_iteration import run_expert_iteration
+from metajax.algorithms.grpo import run_grpo
 from metajax.data.example import Example
 from metajax.eval.evaluate import evaluate, plot_tokens_by_difficulty, results_table, summarize, write_records
 from metajax.files import write_text_atomic
 from metajax.models import load_hf, save_hf
-from metajax.train.checkpoint import Checkpointer
+from metajax.sampling.policy import Policy
 from metajax.train.metrics import MetricsWriter
-from metajax.train.optim import OptimizerConfig
-from metajax.train.sft import train_sft
 
-TOY_MODEL_DIR = Path(__file__).parent / "assets" / "toy_model"
-# Evaluation methods that prompt the base model (few-shot, a forced opening); the others are trained policies.
-BASELINE_METHODS = ("direct", "cot")
+if TYPE_CHECKING:
+    from metajax.config import Config
+
+TOY_MODEL_DIRS = {"toy": Path(__file__).parent / "assets" / "toy_model",
+                  "toy_thinker": Path(__file__).parent / "assets" / "toy_thinker"}
+TOY_MODEL_DIR = TOY_MODEL_DIRS["toy"]
 
 
 def run(config: Config) -> dict:
@@ -38,38 +40,38 @@ def run(config: Config) -> dict:
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / "config.json", json.dumps(dataclasses.asdict(config), indent=2, default=str) + "\n")
-    task = TASKS[config.task]
-    return task(config, run_dir)
+    return TASKS[config.task](config, run_dir)
 
 
-def run_expert_iteration_pipeline(config: Config, run_dir: Path) -> dict:
-    """`task: ram` / `task: star`: train the named method(s), then evaluate every method in
-    `config.eval.methods` on the held-out split and write the results table and plot."""
+def run_training_pipeline(config: Config, run_dir: Path) -> dict:
+    """`task: ram | star | grpo`: train, from the same base policy, every method of `config.eval.methods`
+    that a loop trains (and the task's own), then evaluate every method on the held-out split and
+    write the results table and plot."""
     mesh = _mesh(config)
     base = load_policy(config, mesh)
     train_questions, eval_questions, fewshot = load_questions(config)
     trained: dict[str, Policy] = {}
-    methods = [m for m in ("star", "ram") if m in config.eval.methods or m == config.task]
     with MetricsWriter(run_dir) as metrics:
-        for method in methods:
-            ei = dataclasses.replace(config.expert_iteration, filter=method)
-            trained[method] = run_expert_iteration(
-                base, train_questions, ei, config.train, run_dir / method, rng=jax.random.key(config.seed),
-                seed=config.seed, metrics=metrics, fewshot=fewshot, mesh=mesh, remat=config.model.remat,
-                compute_dtype=_dtype(config.model.compute_dtype))
-            save_hf(trained[method].params, trained[method].cfg, run_dir / method / "final")
-            _copy_tokenizer(config, run_dir / method / "final")
+        for name, method in METHODS.items():
+            if method.train is None or (name not in config.eval.methods and name != config.task):
+                continue
+            policy = method.train(config, base, train_questions, run_dir / name, metrics=metrics, fewshot=fewshot,
+                                  mesh=mesh)
+            save_hf(policy.params, policy.cfg, run_dir / name / "final")
+            _copy_tokenizer(config, run_dir / name / "final")
+            trained[name] = policy
         summaries = evaluate_methods(config, run_dir, eval_questions, base, trained, fewshot=fewshot, mesh=mesh,
                                      metrics=metrics)
     return write_results(run_dir, summaries)
 
 
 def run_eval_pipeline(config: Config, run_dir: Path) -> dict:
-    """`task: eval`: evaluate the configured checkpoint with each method's prompting."""
+    """`task: eval`: evaluate the configured checkpoint with each method's prompting; a trained
+    method's row is the checkpoint itself, prompted as that method's policy is."""
     mesh = _mesh(config)
     policy = load_policy(config, mesh)
     _, eval_questions, fewshot = load_questions(config)
-    trained = {m: policy for m in config.eval.methods if m not in BASELINE_METHODS}
+    trained = {m: policy for m in config.eval.methods if METHODS[m].train is not None}
     return write_results(run_dir, evaluate_methods(config, run_dir, eval_questions, policy, trained, fewshot=fewshot,
                                                    mesh=mesh))
 
@@ -77,71 +79,60 @@ def run_eval_pipeline(config: Config, run_dir: Path) -> dict:
 def evaluate_methods(config: Config, run_dir: Path, questions: Sequence[Example], base: Policy,
                      trained: dict[str, Policy], *, fewshot: Sequence[Example] = (), mesh=None,
                      metrics: MetricsWriter | None = None) -> dict:
-    """Evaluates each of `config.eval.methods`: "direct" and "cot" prompt `base` after the `fewshot`
-    examples (the paper's few-shot baselines), the others are the policies in `trained`, which were
-    fine-tuned on the format and choose for themselves, zero-shot. Writes `eval_<method>.jsonl`;
-    returns summaries."""
+    """Evaluates each of `config.eval.methods`: the prompting baselines ("base", "direct", "cot")
+    prompt `base` after the `fewshot` examples (the paper's few-shot baselines); the trained methods
+    are the policies in `trained`, fine-tuned on the format, choosing for themselves, zero-shot.
+    Writes `eval_<method>.jsonl`; returns summaries."""
     summaries = {}
-    for method in config.eval.methods:
-        baseline = method in BASELINE_METHODS
-        policy, prompting = (base, method) if baseline else (trained[method], "policy")
-        records = evaluate(policy, questions, prompting=prompting, max_new_tokens=config.eval.max_new_tokens,
-                           batch_size=config.eval.batch_size, fewshot=fewshot if baseline else (), mesh=mesh)
-        write_records(run_dir / f"eval_{method}.jsonl", records)
-        summaries[method] = summarize(records)
+    for name in config.eval.methods:
+        method = METHODS[name]
+        baseline = method.train is None
+        records = evaluate(base if baseline else trained[name], questions, prompting=method.prompting,
+                           max_new_tokens=config.eval.max_new_tokens, batch_size=config.eval.batch_size,
+                           fewshot=fewshot if baseline else (), mesh=mesh, desc=f"eval {name}")
+        write_records(run_dir / f"eval_{name}.jsonl", records)
+        summaries[name] = summarize(records)
         if metrics is not None:
-            metrics.write(0, {k: v for k, v in summaries[method].items() if k != "by_difficulty"},
-                          stage=f"eval/{method}")
+            metrics.write(0, {k: v for k, v in summaries[name].items() if k != "by_difficulty"}, stage=f"eval/{name}")
     return summaries
 
 
-def run_expert_iteration(base: Policy, questions: Sequence[Example], config: ExpertIterationConfig,
-                         optim: OptimizerConfig, out_dir: Path, *, rng: jax.Array, seed: int = 0,
-                         metrics: MetricsWriter | None = None, fewshot: Sequence[Example] = (), mesh=None,
-                         remat: bool = False, compute_dtype=None) -> Policy:
-    """Expert iteration over a growing pool of `questions`; returns the final policy.
+def _train_expert_iteration(config: Config, base: Policy, questions, out_dir: Path, *, filter: str, metrics,
+                            fewshot, mesh) -> Policy:
+    return run_expert_iteration(
+        base, questions, dataclasses.replace(config.expert_iteration, filter=filter), config.train, out_dir,
+        rng=jax.random.key(config.seed), seed=config.seed, metrics=metrics, fewshot=fewshot, mesh=mesh,
+        remat=config.model.remat, compute_dtype=_dtype(config.model.compute_dtype))
 
-    Each iteration's policy is checkpointed (`out_dir/checkpoints`, step = iterations done): a rerun
-    with the same arguments resumes after the last finished iteration and ends with the same params.
+
+def _train_grpo(config: Config, base: Policy, questions, out_dir: Path, *, metrics, fewshot, mesh) -> Policy:
+    return run_grpo(base, questions, config.grpo, config.train, out_dir, seed=config.seed, metrics=metrics,
+                    fewshot=fewshot, mesh=mesh, remat=config.model.remat,
+                    compute_dtype=_dtype(config.model.compute_dtype))
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """A row of the results table.
+
+    prompting: how its completions open (`metajax.data.prompts.FORCED_OPENINGS`: "policy" lets the
+      model choose). train: the loop that trains it from the base policy, or None for a prompting
+      baseline of the base model itself.
     """
-    needed = config.iterations * config.questions_per_iteration
-    if len(questions) < needed:
-        raise ValueError(f"expert iteration needs {needed} training questions ({config.iterations} iterations x "
-                         f"{config.questions_per_iteration}); only {len(questions)} were loaded")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    policy = base
-    with Checkpointer(out_dir / "checkpoints", max_to_keep=2) as checkpointer:
-        done = checkpointer.latest_step() or 0
-        if done:
-            params, _ = checkpointer.restore(done, like=base.params)
-            policy = base.with_params(params)
-            print(f"[{config.filter}] resuming after iteration {done}")
-        for iteration in range(done, config.iterations):
-            started = time.time()
-            pool = list(questions[:(iteration + 1) * config.questions_per_iteration])
-            key = jax.random.fold_in(rng, iteration)
-            rollouts = sample_rollouts(policy, pool, config, key, fewshot=fewshot, mesh=mesh)
-            groups = score_rollouts(policy, pool, rollouts, config, fewshot=fewshot)
-            rows = select_rows(groups, config)
-            save_rows(out_dir / f"rows_iter{iteration + 1}.jsonl", pool, rows)
-            stats = group_statistics(groups, rows)
-            if not rows:
-                raise RuntimeError(f"[{config.filter}] iteration {iteration + 1} kept no training rows: no question "
-                                   "had a correct rollout. Check the prompts, the grader and max_new_tokens.")
-            start_params = base.params if config.reset_to_base else policy.params
-            params, history = train_sft(
-                start_params, base.cfg, training_sequences(policy, pool, rows), optim=optim,
-                batch_size=config.batch_size, epochs=config.epochs, seed=seed + iteration, mesh=mesh, remat=remat,
-                compute_dtype=compute_dtype, desc=f"{config.filter} sft {iteration + 1}")
-            policy = policy.with_params(params)
-            checkpointer.save(iteration + 1, params, metadata={"iteration": iteration + 1, **stats}, force=True)
-            stats.update(sft_loss_first=history[0]["loss"], sft_loss_last=history[-1]["loss"],
-                         seconds=time.time() - started, pool=len(pool))
-            print(f"[{config.filter}] iteration {iteration + 1}/{config.iterations}: " +
-                  ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in stats.items()))
-            if metrics is not None:
-                metrics.write(iteration + 1, stats, stage=f"{config.filter}/iteration")
-    return policy
+
+    prompting: str
+    train: Callable[..., Policy] | None = None
+
+
+# The one registry of evaluation methods, in the order results tables list them.
+METHODS: dict[str, Method] = {
+    "base": Method("policy"),  # the base model left to itself
+    "direct": Method("direct"),
+    "cot": Method("cot"),
+    "star": Method("policy", functools.partial(_train_expert_iteration, filter="star")),
+    "ram": Method("policy", functools.partial(_train_expert_iteration, filter="ram")),
+    "grpo": Method("policy", _train_grpo),
+}
 
 
 def write_results(run_dir: Path, summaries: dict[str, dict]) -> dict:
@@ -189,7 +180,7 @@ def _model_dir(config: Config) -> Path:
     """The HF directory the base policy is read from (a GGUF file is converted into the run dir)."""
     if config.model.gguf is not None:
         return Path(config.run_dir) / "base_model"
-    return TOY_MODEL_DIR if config.model.path == "toy" else Path(config.model.path)
+    return TOY_MODEL_DIRS.get(config.model.path, Path(config.model.path))
 
 
 def _copy_tokenizer(config: Config, directory: Path) -> None:
@@ -228,10 +219,11 @@ def run_convert_pipeline(config: Config, run_dir: Path) -> dict:
     return {"checkpoint": str(out)}
 
 
-TASKS = {
-    "ram": run_expert_iteration_pipeline,
-    "convert": run_convert_pipeline,
-    "star": run_expert_iteration_pipeline,
+TASKS: dict[str, Callable[[Config, Path], dict]] = {
+    "ram": run_training_pipeline,
+    "star": run_training_pipeline,
+    "grpo": run_training_pipeline,
     "eval": run_eval_pipeline,
     "toy_pretrain": run_toy_pretrain_pipeline,
+    "convert": run_convert_pipeline,
 }

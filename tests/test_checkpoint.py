@@ -23,7 +23,7 @@ def params():
 
 def _state(params, seed: int) -> TrainState:
     """An Adam state with non-trivial moments, step and rng (no model compile needed)."""
-    optimizer = make_optimizer(OptimizerConfig(learning_rate=1e-2), total_steps=10)
+    optimizer = make_optimizer(OptimizerConfig(learning_rate=1e-2))
     state = init_train_state(params, optimizer, jax.random.PRNGKey(seed))
 
     @jax.jit

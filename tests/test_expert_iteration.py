@@ -10,12 +10,13 @@ from metajax.algorithms.expert_iteration import (ExpertIterationConfig, sample_r
                                                  select_rows, training_sequences)
 from metajax.config import load_config
 from metajax.data.graders import split_ram_completion
-from metajax.pipelines import TOY_MODEL_DIR, load_policy, load_questions, run_expert_iteration
-from metajax.rewards.logprobs import score_sequences
+from metajax.algorithms.expert_iteration import run_expert_iteration
+from metajax.pipelines import TOY_MODEL_DIR, load_policy, load_questions
+from metajax.models.logprobs import score_sequences
 from metajax.rewards.voc import voc_reward
 from metajax.train.checkpoint import Checkpointer
 from metajax.train.optim import OptimizerConfig
-from metajax.train.sft import sft_batches, sft_loss_terms
+from metajax.train import sft_batches, sft_loss_terms
 
 pytestmark = pytest.mark.skipif(not (TOY_MODEL_DIR / "config.json").is_file(), reason="toy model not built")
 
@@ -77,8 +78,11 @@ def test_rewards_are_voc_of_independently_scored_sequences(setup, scored):
     checked = 0
     for i, group in enumerate(groups.rollouts):
         for j, r in enumerate(group):
-            if r.direct or not r.thought:
+            if r.direct or not r.thought_ids:
                 continue
+            # One token per character: the sampled block is exactly the encoding of its text, so
+            # scoring the re-encoded text is an independent reference for the token path.
+            assert r.thought_ids == tuple(policy.encode(f"<thought> {r.thought} </thought>\n"))
             with_chain, direct = ram_scoring_pair(policy.tokenizer, pool[i], r.thought, pool[i].answer)
             logp = score_sequences(policy.params, policy.cfg, [(with_chain.tokens, with_chain.target_mask),
                                                                (direct.tokens, direct.target_mask)], batch_size=2)
@@ -134,7 +138,9 @@ def test_loop_trains_checkpoints_and_resumes_identically(setup, tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "full" / "rows_iter2.jsonl").read_text().splitlines()]
     by_id = {q.id: i for i, q in enumerate(questions)}
     from metajax.algorithms.expert_iteration import Rollout
-    kept = [Rollout(by_id[r["id"]], r["thought"], r["answer"], True) for r in rows]
+    kept = [Rollout(by_id[r["id"]], tuple(policy.encode(r["thought"])), r["thought_tokens"], None, r["answer"], True)
+            for r in rows]
+    assert all(len(r.thought_ids) == r.num_tokens for r in kept)
     sequences = training_sequences(policy, questions, kept)
     assert _sft_loss(policy, full.params, sequences) < 0.8 * _sft_loss(policy, policy.params, sequences)
 

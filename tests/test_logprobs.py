@@ -1,14 +1,15 @@
 """Sequence and chain log-probabilities against transformers' logits passed through torch.log_softmax."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from metajax.batching import bucket, pad_rows
 from metajax.models import load_hf
-from metajax.rewards.logprobs import chain_logprobs, logprobs_of_tokens, score_sequences, sequence_logprobs
-
-jit_sequence_logprobs = jax.jit(sequence_logprobs, static_argnums=1)
+from metajax.models import forward, init_params
+from metajax.models.config import ModelConfig
+from metajax.models.logprobs import chain_logprobs, score_sequences, sequence_logprobs, token_logprobs
 
 # Sums over up to 54 targets agree with transformers to a few 1e-5 (float32 logits within 1e-4 at
 # worst); 1e-3 leaves room for that, while scoring the wrong position or token moves a sum by O(1).
@@ -44,25 +45,49 @@ def test_sequence_logprobs_match_transformers(llama3):
     attention_mask = np.arange(width)[None] < np.array(lengths)[:, None]  # right padding
     target_mask = attention_mask & (np.arange(width)[None] >= context)
 
-    ours = np.asarray(jit_sequence_logprobs(params, cfg, tokens, target_mask, attention_mask=attention_mask))
+    ours = np.asarray(sequence_logprobs(params, cfg, tokens, target_mask, attention_mask=attention_mask))
 
     expected = [_reference_logprob(ckpt, row[:context], row[context:n]) for row, n in zip(tokens, lengths)]
     assert ours.shape == (len(lengths),) and ours.dtype == np.float32
     np.testing.assert_allclose(ours, expected, atol=ATOL, rtol=0)
 
 
-def test_logprobs_of_tokens_against_numpy():
-    rng = np.random.default_rng(1)
-    logits = rng.standard_normal((2, 5, 7)).astype(np.float32) * 3
-    tokens = rng.integers(0, 7, (2, 5))
-    shifted = logits[:, :-1] - np.log(np.exp(logits[:, :-1]).sum(-1, keepdims=True))
-    expected = np.take_along_axis(shifted, tokens[:, 1:, None], axis=-1)[..., 0]
+TINY = ModelConfig.of("llama", vocab_size=100, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
+                      num_kv_heads=2)
 
-    ours = np.asarray(logprobs_of_tokens(logits, tokens))
 
-    assert ours.shape == (2, 5)
-    np.testing.assert_array_equal(ours[:, 0], 0.0)
-    np.testing.assert_allclose(ours[:, 1:], expected, atol=1e-5, rtol=0)
+def _full_vocabulary_reference(params, tokens, temperature):
+    """(log p, entropy) [batch, seq - 1] from the whole float32 logits tensor, softmax at `temperature`."""
+    logits = forward(params, TINY, tokens)[:, :-1] / temperature[:, None, None]
+    logp = jax.nn.log_softmax(logits)
+    picked = jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
+    return picked, -jnp.sum(jnp.exp(logp) * logp, axis=-1)
+
+
+@pytest.mark.parametrize("vocab_chunk", [100, 32, 7])
+def test_chunked_token_logprobs_and_entropy_equal_the_full_vocabulary_ones(vocab_chunk):
+    """Chunks that divide the vocabulary and chunks that leave a padded last chunk, gradients included."""
+    params = init_params(TINY, jax.random.key(0), std=0.2)
+    tokens = jax.random.randint(jax.random.key(1), (3, 9), 0, TINY.vocab_size)
+    temperature = jnp.array([1.0, 0.5, 2.0])
+
+    def ours(p):
+        logp, entropy = token_logprobs(p, TINY, tokens, temperature=temperature, vocab_chunk=vocab_chunk)
+        return logp[:, 1:], entropy[:, 1:]
+
+    logp, entropy = ours(params)
+    want_logp, want_entropy = _full_vocabulary_reference(params, tokens, temperature)
+    assert np.all(np.asarray(token_logprobs(params, TINY, tokens)[0][:, 0]) == 0.0)
+    np.testing.assert_allclose(logp, want_logp, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(entropy, want_entropy, atol=1e-5, rtol=0)
+
+    def objective(fn):
+        return lambda p: jnp.sum(fn(p)[0] * jnp.arange(8.0)) + jnp.sum(fn(p)[1])
+
+    grads = jax.grad(objective(ours))(params)
+    want = jax.grad(objective(lambda p: _full_vocabulary_reference(p, tokens, temperature)))(params)
+    for ours_leaf, want_leaf in zip(jax.tree.leaves(grads), jax.tree.leaves(want)):
+        np.testing.assert_allclose(ours_leaf, want_leaf, atol=1e-4 * float(np.abs(want_leaf).max()) + 1e-7)
 
 
 def test_chain_logprobs_match_separately_scored_sequences(llama3):

@@ -23,7 +23,16 @@ from scipy import stats
 
 from metajax.batching import bucket
 from metajax.models import ModelConfig, init_params, load_hf, make_mesh
-from metajax.sampling import StopReason, compile_counts, filter_logits, generate
+from metajax.host import to_host
+from metajax.sampling import StopReason, compile_counts, filter_logits
+from metajax.sampling import generate as generate_on_device
+
+
+def generate(*args, **kwargs):
+    """`metajax.sampling.generate` with its outputs read on the host, as these tests compare them."""
+    samples = generate_on_device(*args, **kwargs)
+    return dataclasses.replace(samples, **to_host({f.name: getattr(samples, f.name)
+                                                   for f in dataclasses.fields(samples)}))
 
 # Lengths 3, 7, 14 and 21: one prompt-length bucket, and a batch that needs left padding.
 PROMPTS = [[1, 5, 9], [1, 17, 33, 4, 8, 60, 61], [1, *range(10, 23)], [1, *range(40, 60)]]
@@ -60,10 +69,10 @@ class Oracle:
             self._greedy[tuple(seq)] = known
         return known[:k]
 
-    def logprobs(self, prompt, continuation) -> np.ndarray:
-        """float64[len(continuation)]: log p(token | everything before it) at temperature 1."""
+    def logprobs(self, prompt, continuation, temperature: float = 1.0) -> np.ndarray:
+        """float64[len(continuation)]: log p(token | everything before it) under softmax(logits / T)."""
         seq = np.array([list(prompt) + list(continuation)])
-        logits = self.checkpoint.logits(seq)[0, len(prompt) - 1:-1].astype(np.float64)
+        logits = self.checkpoint.logits(seq)[0, len(prompt) - 1:-1].astype(np.float64) / temperature
         logp = logits - _logsumexp(logits)
         return logp[np.arange(len(continuation)), continuation]
 
@@ -115,10 +124,11 @@ def assert_rows(samples, expected: list[Expected], pad_id=0):
 
 
 def assert_logprobs_match(oracle, samples, prompts, *, n_samples):
-    """Every row's log-probs equal transformers' log-softmax at its tokens, forced ones included."""
+    """Every row's log-probs equal transformers' log-softmax at its tokens and its temperature (1 for
+    greedy rows), forced ones included."""
     for i, tokens in enumerate(samples.token_lists()):
         ours = samples.logprobs[i, :len(tokens)]
-        reference = oracle.logprobs(prompts[i // n_samples], tokens)
+        reference = oracle.logprobs(prompts[i // n_samples], tokens, float(samples.temperature[i]))
         np.testing.assert_allclose(ours, reference, atol=1e-4, rtol=0, err_msg=f"row {i}")
 
 
@@ -255,12 +265,13 @@ def test_budgets_forced_endings_and_stops_with_shared_prompts(llama, per):
 
 def test_sampled_and_forced_logprobs_match_forward(llama):
     """Per prompt one greedy and two tempered chains (RaM's rollout mix), with top-k filtering, which
-    must not change the reported (temperature-1, unfiltered) log-probs; small budgets force FORCED."""
+    must not change the reported (tempered, unfiltered) log-probs; small budgets force FORCED."""
     params, cfg, oracle = llama
     samples = shared(params, cfg, [2, 3], budgets=[3, 0, 8, 12], temperature=[0.0, 1.0, 0.7], top_k=20,
                      answer_allowance=4, rng=jax.random.key(3))
 
     assert_logprobs_match(oracle, samples, PROMPTS, n_samples=3)
+    np.testing.assert_array_equal(samples.temperature, np.tile(np.float32([1.0, 1.0, 0.7]), 4))
     free = samples.budget_tokens[9]  # prompt 3's greedy row: budget 12 unless it met a stop token
     assert free > 0 and samples.token_lists()[9][:free] == oracle.greedy(PROMPTS[3], free)
     assert len({tuple(t) for t in samples.token_lists()[9:]}) == 3  # the tempered chains differ
@@ -500,6 +511,10 @@ def test_mesh_gives_the_one_device_greedy_tokens(hf_checkpoint, llama_greedy, sh
     params, cfg = load_hf(hf_checkpoint("llama3").path, mesh=mesh)
     assert len(params["layers"]["wq"].sharding.device_set) == 8
 
+    on_device = generate_on_device(params, cfg, PROMPTS, max_new_tokens=MAX_NEW, temperature=0.0, mesh=mesh)
+    # The rows stay device arrays, split over the batch, until a host read gathers them.
+    assert isinstance(on_device.tokens, jax.Array) and on_device.tokens.sharding.mesh == mesh
+    assert len(on_device.tokens.sharding.device_set) == 8
     samples = generate(params, cfg, PROMPTS, max_new_tokens=MAX_NEW, temperature=0.0, mesh=mesh)
 
     assert samples.token_lists() == llama_greedy.token_lists()

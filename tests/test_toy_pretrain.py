@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from metajax.algorithms.policy import Policy
+from metajax.sampling import Policy
 from metajax.algorithms.toy_pretrain import (DEFAULT_OUT_DIR, SHIPPED_WORLD, ToyPretrainConfig, accuracy_table,
                                              eval_questions, format_table, pack_corpus, run_toy_pretrain)
 from metajax.data import toy

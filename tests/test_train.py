@@ -1,7 +1,6 @@
 """SFT loss, step, optimizer and batching against independent references (optax, numpy, the
 transformers linear schedule formula)."""
 
-import functools
 import json
 import sys
 
@@ -14,8 +13,9 @@ from jax.sharding import PartitionSpec as P
 
 from metajax.batching import bucket
 from metajax.models import ModelConfig, forward, init_params, make_mesh
-from metajax.train import (MetricsWriter, OptimizerConfig, init_train_state, make_optimizer, make_schedule,
-                           make_sft_step, num_sft_batches, read_metrics, sft_batches, sft_loss_terms)
+from metajax.train import (MetricsWriter, NonFiniteError, OptimizerConfig, SFTLoss, check_finite, init_train_state,
+                           make_optimizer, make_schedule, make_train_step, num_sft_batches, read_metrics, sft_batches,
+                           sft_loss_terms)
 
 CFG = ModelConfig.of("llama", vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
                      num_kv_heads=2)
@@ -40,10 +40,9 @@ def _batch(n=4, seed=0):
 SGD = optax.sgd(1.0)
 
 
-@functools.cache
 def _sgd_step(**step_kwargs):
-    """One jitted step per setting for the whole module: compiling dominates these tests' time."""
-    return make_sft_step(CFG, SGD, **step_kwargs)
+    """The SFT step with plain SGD (cached by `make_train_step`: one compile per setting)."""
+    return make_train_step(CFG, SGD, SFTLoss(), **step_kwargs)
 
 
 def _gradient(params, batch, **step_kwargs):
@@ -77,12 +76,12 @@ def test_sft_loss_terms_match_optax_cross_entropy_on_masked_positions(params):
 
 def test_loss_falls_when_memorising_and_lr_follows_the_linear_schedule(params):
     optim = OptimizerConfig(learning_rate=1e-2, warmup_fraction=0.1)
-    optimizer = make_optimizer(optim, total_steps=50)
+    optimizer, schedule = make_optimizer(optim), make_schedule(optim, total_steps=50)
     state = init_train_state(params, optimizer, jax.random.PRNGKey(1))
-    step, batch = make_sft_step(CFG, optimizer), _batch()
+    step, batch = make_train_step(CFG, optimizer, SFTLoss()), _batch()
     losses, lrs = [], []
-    for _ in range(50):
-        state, metrics = step(state, batch)
+    for n in range(50):
+        state, metrics = step(state, batch, schedule(n))
         losses.append(float(metrics["loss"]))
         lrs.append(float(metrics["lr"]))
     assert int(state.step) == 50
@@ -160,9 +159,43 @@ def test_mesh_step_matches_one_device(params):
         assert new.sharding.is_equivalent_to(old.sharding, old.ndim), (new.sharding, old.sharding)
     assert sharded["layers"]["wq"].sharding.spec == P(None, "fsdp", "tensor", None)  # really split
 
-    adam_state = init_train_state(sharded, make_optimizer(OptimizerConfig(), 10), jax.random.PRNGKey(0))
+    adam_state = init_train_state(sharded, make_optimizer(OptimizerConfig()), jax.random.PRNGKey(0))
     mu = optax.tree_utils.tree_get(adam_state.opt_state, "mu")
     assert mu["layers"]["w_up"].sharding.is_equivalent_to(sharded["layers"]["w_up"].sharding, 3)
+
+
+def test_one_step_serves_every_schedule_length(params):
+    """RaM's rounds differ in length; the step takes the rate as an argument, so it compiles once."""
+    optim = OptimizerConfig(learning_rate=1e-2, warmup_fraction=0.0, schedule="constant")
+    first = make_train_step(CFG, make_optimizer(optim), SFTLoss())
+    assert make_train_step(CFG, make_optimizer(optim), SFTLoss()) is first
+    state = init_train_state(params, make_optimizer(optim), jax.random.PRNGKey(0))
+    state, metrics = first(state, _batch(), 0.25)
+    assert float(metrics["lr"]) == 0.25
+
+
+def test_nonfinite_steps_stop_the_run_or_are_skipped(params):
+    batch = _batch()
+    poisoned = jax.tree.map(lambda x: x, params)
+    poisoned["final_norm"] = poisoned["final_norm"].at[0].set(jnp.nan)
+    optim = OptimizerConfig(learning_rate=1e-2, warmup_fraction=0.0, schedule="constant")
+    optimizer = make_optimizer(optim)
+    stop = make_train_step(CFG, optimizer, SFTLoss())
+    _, metrics = stop(init_train_state(poisoned, optimizer, jax.random.PRNGKey(0)), batch, 0.01)
+    record = {k: float(v) for k, v in metrics.items()}
+    assert record["nonfinite"] == 1.0
+    with pytest.raises(NonFiniteError, match="sft step 7: the loss or gradient is NaN"):
+        check_finite(record, stage="sft", step=7, skip_nonfinite=False)
+    check_finite(record, stage="sft", step=7, skip_nonfinite=True)
+
+    skip = make_train_step(CFG, optimizer, SFTLoss(), skip_nonfinite=True)
+    state = init_train_state(poisoned, optimizer, jax.random.PRNGKey(0))
+    before = jax.tree.map(np.asarray, (state.params, state.opt_state))
+    state, metrics = skip(state, batch, 0.01)
+    assert float(metrics["nonfinite"]) == 1.0 and int(state.step) == 1
+    after = jax.tree.map(np.asarray, (state.params, state.opt_state))
+    same = jax.tree.map(lambda a, b: np.array_equal(a, b, equal_nan=True), before[0], after[0])
+    assert all(jax.tree.leaves(same))  # params untouched by the skipped update
 
 
 # ----------------------------------------------------------------------------------------------
@@ -204,11 +237,11 @@ def test_clipping_bounds_the_gradient_that_adam_sees():
         return out
 
     clipped = updates(make_optimizer(OptimizerConfig(learning_rate=0.1, schedule="constant",
-                                                     warmup_fraction=0.0, max_grad_norm=1.0), 2), grads)
+                                                     warmup_fraction=0.0, max_grad_norm=1.0)), grads)
     want = updates(optax.adam(0.1), [{"w": grads[0]["w"] / 1000.0}, grads[1]])
     np.testing.assert_allclose(clipped, want, rtol=1e-5)
     unclipped = updates(make_optimizer(OptimizerConfig(learning_rate=0.1, schedule="constant",
-                                                       warmup_fraction=0.0, max_grad_norm=None), 2), grads)
+                                                       warmup_fraction=0.0, max_grad_norm=None)), grads)
     assert np.abs(unclipped[1] - want[1]).max() > 1e-2  # so the clip is what made them agree
 
 

@@ -5,15 +5,17 @@ One iteration = sample -> score -> select -> train, each a function a researcher
     rollouts = sample_rollouts(policy, questions, config, rng)        # K chains per question (+ hints)
     groups = score_rollouts(policy, questions, rollouts, config)      # VOC rewards, direct candidate
     rows = select_rows(groups, config)                                # RaM's three-step filter / STaR
-    params = train_on_rows(base, rows, optim, config)                 # SFT from the base model
+    sequences = training_sequences(policy, questions, rows)           # x + sampled z + y, as tokens
 
 `run_expert_iteration` strings them together over a growing question pool, checkpointing each
-iteration's policy so an interrupted run resumes where it stopped.
+iteration's policy so an interrupted run resumes where it stopped. Chains stay tokens throughout:
+the thought a row is scored and trained on is the one the sampler drew (`metajax.algorithms.chains`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -21,14 +23,18 @@ from typing import Literal
 import jax
 import numpy as np
 
-from metajax.algorithms.policy import Completion, Policy, complete
+from metajax.algorithms.chains import sampled_thought, score_chains, training_row
 from metajax.data.example import Example
 from metajax.data.graders import grade_example, split_ram_completion
-from metajax.data.prompts import PromptConfig, encode_prompt, encode_ram, ram_scoring_pair
+from metajax.data.prompts import PromptConfig, encode_prompt
 from metajax.files import write_jsonl_atomic
 from metajax.rewards.advantages import group_advantages, ram_keep_mask, star_keep_mask
-from metajax.rewards.logprobs import score_sequences
 from metajax.rewards.voc import voc_reward
+from metajax.sampling.policy import Policy
+from metajax.sampling.rollouts import Completion, complete
+from metajax.train.checkpoint import Checkpointer
+from metajax.train.optim import OptimizerConfig
+from metajax.train.sft import train_sft
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,12 +97,16 @@ class ExpertIterationConfig:
 class Rollout:
     """One candidate chain for question `question_index`.
 
-    thought: the chain z (None: answered directly). answer: the model's own answer text.
+    thought_ids: the sampled thought block's tokens (`metajax.algorithms.chains.sampled_thought`):
+      () for a direct answer, None for a block that never closes (unscoreable: never trained on).
+    num_tokens: tokens the completion generated. thought, answer: their text, for logs and graders.
     correct: its answer matches the gold answer. rationalized: produced with the answer hint.
     direct: the empty-thought candidate RaM adds to every group (the p(y|x) baseline).
     """
 
     question_index: int
+    thought_ids: tuple[int, ...] | None
+    num_tokens: int
     thought: str | None
     answer: str | None
     correct: bool
@@ -122,16 +132,15 @@ class ScoredGroups:
 def sample_rollouts(policy: Policy, questions: Sequence[Example], config: ExpertIterationConfig, rng: jax.Array, *,
                     fewshot: Sequence[Example] = (), mesh=None) -> list[list[Rollout]]:
     """K rollouts per question (the first greedy, the rest tempered), wrong ones rationalised."""
-    prompt_cfg = PromptConfig(style="ram")
-    prompts = [encode_prompt(policy.tokenizer, prompt_cfg, q, fewshot) for q in questions]
-    forced = policy.opening(config.rollout_prompting)
+    prompts = [encode_prompt(policy.tokenizer, PromptConfig(style="ram"), q, fewshot) for q in questions]
+    opening = policy.opening(config.rollout_prompting)
     k = config.samples_per_question
     temperatures = np.full(k, config.temperature, np.float32)
     temperatures[0] = 0.0
     completions = complete(policy, prompts, max_new_tokens=config.max_new_tokens, n_samples=k,
                            temperature=temperatures, top_p=config.top_p, rng=jax.random.fold_in(rng, 0),
-                           batch_size=config.rollout_batch_size, forced_prefix=forced, mesh=mesh, desc="rollouts")
-    groups = [[_rollout(c, questions) for c in completions[i * k:(i + 1) * k]] for i in range(len(questions))]
+                           batch_size=config.rollout_batch_size, opening=opening, mesh=mesh, desc="rollouts")
+    groups = [[_rollout(policy, c, questions) for c in completions[i * k:(i + 1) * k]] for i in range(len(questions))]
     if not config.rationalize:
         return groups
     wrong = [(i, j) for i, group in enumerate(groups) for j, r in enumerate(group) if not r.correct]
@@ -140,10 +149,11 @@ def sample_rollouts(policy: Policy, questions: Sequence[Example], config: Expert
         hinted = [encode_prompt(policy.tokenizer, hint_cfg, questions[i], fewshot) for i, _ in wrong]
         retries = complete(policy, hinted, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
                            top_p=config.top_p, rng=jax.random.fold_in(rng, 1), batch_size=config.rollout_batch_size,
-                           forced_prefix=forced, mesh=mesh, desc="rationalisation")
+                           opening=opening, mesh=mesh, desc="rationalisation")
         for (i, j), c in zip(wrong, retries):
-            retry = _rollout(dataclasses.replace(c, prompt_index=i), questions)
-            if retry.correct:
+            # The hint was in the prompt only: the row keeps the sampled tokens, under the plain question.
+            retry = _rollout(policy, dataclasses.replace(c, prompt_index=i), questions)
+            if retry.correct and retry.thought_ids is not None:
                 groups[i][j] = dataclasses.replace(retry, rationalized=True)
     return groups
 
@@ -152,40 +162,31 @@ def score_rollouts(policy: Policy, questions: Sequence[Example], rollouts: list[
                    config: ExpertIterationConfig, *, fewshot: Sequence[Example] = ()) -> ScoredGroups:
     """VOC rewards of every candidate, the direct candidate appended to each group.
 
-    log p(y | x, z) and log p(y | x) score the GOLD answer y (not the model's) after the chain z and
-    after no chain, with the policy itself as the reward model.
+    log p(y | x, z) and log p(y | x) score the GOLD answer y (not the model's) after the sampled
+    chain z and after no chain, with the policy itself as the reward model.
     """
-    groups = [list(g) + [Rollout(i, None, q.answer, correct=False, direct=True)]
+    groups = [list(g) + [Rollout(i, (), 0, None, q.answer, correct=False, direct=True)]
               for i, (g, q) in enumerate(zip(rollouts, questions))]
     width = max(len(g) for g in groups)
     shape = (len(groups), width)
     valid = np.zeros(shape, bool)
     correct = np.zeros(shape, bool)
-    chain_tokens = np.zeros(shape, np.int32)
-    sequences, where = [], []
+    where, chains = [], []
     for i, group in enumerate(groups):
         for j, r in enumerate(group):
-            valid[i, j] = r.direct or r.thought is not None or r.answer is not None
+            valid[i, j] = r.thought_ids is not None
             correct[i, j] = r.correct
-            if r.direct or not r.thought:
-                continue  # an empty chain has U = 0 and C = 0: nothing to score
-            with_chain, direct = ram_scoring_pair(policy.tokenizer, questions[i], r.thought, questions[i].answer,
-                                                  fewshot=fewshot)
-            # The pair shares its prompt and answer tokens (ram_scoring_pair checks it): the
-            # difference in length is the thought block, l(z).
-            chain_tokens[i, j] = len(with_chain.tokens) - len(direct.tokens)
-            sequences += [(with_chain.tokens, with_chain.target_mask), (direct.tokens, direct.target_mask)]
-            where.append((i, j))
-    logp = (score_sequences(policy.params, policy.cfg, sequences, pad_id=policy.pad_id,
-                            batch_size=config.score_batch_size) if sequences else np.zeros(0, np.float32))
-    logp_chain = np.zeros(shape, np.float32)
-    logp_direct = np.zeros(shape, np.float32)
+            if valid[i, j]:
+                where.append((i, j))
+                chains.append((i, r.thought_ids, r.num_tokens))
+    scores = score_chains(policy, questions, chains, fewshot=fewshot, batch_size=config.score_batch_size)
+    voc = np.asarray(voc_reward(scores.logp_with_chain, scores.logp_direct, scores.chain_tokens, gamma=config.gamma,
+                                cost=config.cost, eps=config.eps))
+    rewards = np.zeros(shape, np.float32)
+    chain_tokens = np.zeros(shape, np.int32)
     for n, (i, j) in enumerate(where):
-        logp_chain[i, j], logp_direct[i, j] = logp[2 * n], logp[2 * n + 1]
-    rewards = np.asarray(voc_reward(logp_chain, logp_direct, chain_tokens, gamma=config.gamma, cost=config.cost,
-                                    eps=config.eps))
-    return ScoredGroups(rollouts=groups, rewards=np.where(valid, rewards, 0.0).astype(np.float32),
-                        correct=correct, valid=valid, chain_tokens=chain_tokens)
+        rewards[i, j], chain_tokens[i, j] = voc[n], scores.chain_tokens[n]
+    return ScoredGroups(rollouts=groups, rewards=rewards, correct=correct, valid=valid, chain_tokens=chain_tokens)
 
 
 def select_rows(groups: ScoredGroups, config: ExpertIterationConfig) -> list[Rollout]:
@@ -203,16 +204,10 @@ def select_rows(groups: ScoredGroups, config: ExpertIterationConfig) -> list[Rol
 
 def training_sequences(policy: Policy, questions: Sequence[Example], rows: Sequence[Rollout]
                        ) -> list[tuple[list[int], list[bool]]]:
-    """(tokens, loss_mask) per kept row: x + z + y with the loss on the thought and the answer (and
-    the EOS that ends it), never on the question. The answer trained on is the gold one."""
-    eos = list(policy.stop_ids[:1])
-    sequences = []
-    for r in rows:
-        encoded = encode_ram(policy.tokenizer, questions[r.question_index], r.thought, questions[r.question_index].answer)
-        tokens = encoded.tokens + eos
-        mask = [False] * encoded.prompt_len + [True] * (len(tokens) - encoded.prompt_len)
-        sequences.append((tokens, mask))
-    return sequences
+    """(tokens, loss_mask) per kept row: x + z + y + EOS with the sampled thought tokens z, the loss
+    on the thought and the answer, never on the question (`metajax.algorithms.chains.training_row`).
+    The answer trained on is the gold one, the y its VOC reward scored."""
+    return [training_row(policy, questions[r.question_index], r.thought_ids) for r in rows]
 
 
 def group_statistics(groups: ScoredGroups, rows: Sequence[Rollout]) -> dict[str, float]:
@@ -221,33 +216,80 @@ def group_statistics(groups: ScoredGroups, rows: Sequence[Rollout]) -> dict[str,
     advantages = np.asarray(group_advantages(groups.rewards, kind="mean", mask=groups.valid))
     return {
         "rollout_accuracy": float(np.mean([r.correct for r in sampled])) if sampled else 0.0,
-        "rollout_thought_rate": float(np.mean([r.thought is not None for r in sampled])) if sampled else 0.0,
+        "rollout_thought_rate": float(np.mean([r.thought_ids != () for r in sampled])) if sampled else 0.0,
+        "rollout_unclosed_rate": float(np.mean([r.thought_ids is None for r in sampled])) if sampled else 0.0,
         "rationalized": int(sum(r.rationalized for r in sampled)),
         "mean_reward": float(groups.rewards[groups.valid].mean()) if groups.valid.any() else 0.0,
         "mean_abs_advantage": float(np.abs(advantages[groups.valid]).mean()) if groups.valid.any() else 0.0,
         "kept_rows": len(rows),
-        "kept_direct_rows": int(sum(r.thought is None for r in rows)),
-        "mean_kept_chain_tokens": float(np.mean([_kept_tokens(groups, r) for r in rows])) if rows else 0.0,
+        "kept_direct_rows": int(sum(r.thought_ids == () for r in rows)),
+        "mean_kept_chain_tokens": float(np.mean([len(r.thought_ids) for r in rows])) if rows else 0.0,
     }
 
 
-def save_rows(path: Path, questions: Sequence[Example], rows: Sequence[Rollout]) -> None:
+def save_rows(path: Path, policy: Policy, questions: Sequence[Example], rows: Sequence[Rollout]) -> None:
     """The filtered training set as JSONL, for inspection (written atomically)."""
     def record(row: Rollout) -> dict:
         question = questions[row.question_index]
-        return {"id": question.id, "question": question.question, "thought": row.thought,
-                "answer": question.answer, "rationalized": row.rationalized, "direct_candidate": row.direct}
+        return {"id": question.id, "question": question.question, "thought": policy.decode(row.thought_ids),
+                "thought_tokens": len(row.thought_ids), "answer": question.answer, "rationalized": row.rationalized,
+                "direct_candidate": row.direct}
 
     write_jsonl_atomic(path, map(record, rows))
 
 
-def _rollout(completion: Completion, questions: Sequence[Example]) -> Rollout:
+def run_expert_iteration(base: Policy, questions: Sequence[Example], config: ExpertIterationConfig,
+                         optim: OptimizerConfig, out_dir: Path, *, rng: jax.Array, seed: int = 0, metrics=None,
+                         fewshot: Sequence[Example] = (), mesh=None, remat: bool = False,
+                         compute_dtype=None) -> Policy:
+    """Expert iteration over a growing pool of `questions`; returns the final policy.
+
+    Each iteration's policy is checkpointed (`out_dir/checkpoints`, step = iterations done): a rerun
+    with the same arguments resumes after the last finished iteration and ends with the same params.
+    """
+    needed = config.iterations * config.questions_per_iteration
+    if len(questions) < needed:
+        raise ValueError(f"expert iteration needs {needed} training questions ({config.iterations} iterations x "
+                         f"{config.questions_per_iteration}); only {len(questions)} were loaded")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    policy = base
+    with Checkpointer(out_dir / "checkpoints", max_to_keep=2) as checkpointer:
+        done = checkpointer.latest_step() or 0
+        if done:
+            params, _ = checkpointer.restore(done, like=base.params)
+            policy = base.with_params(params)
+            print(f"[{config.filter}] resuming after iteration {done}")
+        for iteration in range(done, config.iterations):
+            started = time.time()
+            pool = list(questions[:(iteration + 1) * config.questions_per_iteration])
+            key = jax.random.fold_in(rng, iteration)
+            rollouts = sample_rollouts(policy, pool, config, key, fewshot=fewshot, mesh=mesh)
+            groups = score_rollouts(policy, pool, rollouts, config, fewshot=fewshot)
+            rows = select_rows(groups, config)
+            save_rows(out_dir / f"rows_iter{iteration + 1}.jsonl", policy, pool, rows)
+            stats = group_statistics(groups, rows)
+            if not rows:
+                raise RuntimeError(f"[{config.filter}] iteration {iteration + 1} kept no training rows: no question "
+                                   "had a correct rollout. Check the prompts, the grader and max_new_tokens.")
+            start_params = base.params if config.reset_to_base else policy.params
+            params, history = train_sft(
+                start_params, base.cfg, training_sequences(policy, pool, rows), optim=optim,
+                batch_size=config.batch_size, epochs=config.epochs, seed=seed + iteration, mesh=mesh, remat=remat,
+                compute_dtype=compute_dtype, desc=f"{config.filter} sft {iteration + 1}")
+            policy = policy.with_params(params)
+            checkpointer.save(iteration + 1, params, metadata={"iteration": iteration + 1, **stats}, force=True)
+            stats.update(sft_loss_first=history[0]["loss"], sft_loss_last=history[-1]["loss"],
+                         seconds=time.time() - started, pool=len(pool))
+            print(f"[{config.filter}] iteration {iteration + 1}/{config.iterations}: " +
+                  ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in stats.items()))
+            if metrics is not None:
+                metrics.write(iteration + 1, stats, stage=f"{config.filter}/iteration")
+    return policy
+
+
+def _rollout(policy: Policy, completion: Completion, questions: Sequence[Example]) -> Rollout:
     question = questions[completion.prompt_index]
     thought, answer = split_ram_completion(completion.text)
     correct = answer is not None and grade_example(completion.text, question)
-    return Rollout(completion.prompt_index, thought or None, answer, correct)
-
-
-def _kept_tokens(groups: ScoredGroups, row: Rollout) -> int:
-    group = groups.rollouts[row.question_index]
-    return int(groups.chain_tokens[row.question_index, group.index(row)])
+    return Rollout(completion.prompt_index, sampled_thought(policy, completion.ids), completion.num_tokens,
+                   thought or None, answer, correct)

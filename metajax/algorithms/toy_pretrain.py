@@ -23,13 +23,13 @@ from pathlib import Path
 
 import jax
 
-from metajax.algorithms.policy import Policy, complete
 from metajax.data import toy
 from metajax.data.example import Example
 from metajax.data.graders import grade_example, split_ram_completion
 from metajax.data.prompts import USER_BLOCK
 from metajax.files import write_text_atomic
 from metajax.models import ModelConfig, init_params, save_hf
+from metajax.sampling import Policy, complete
 from metajax.train import MetricsWriter, OptimizerConfig, train_sft
 
 DEFAULT_OUT_DIR = Path(__file__).resolve().parent.parent / "assets" / "toy_model"
@@ -59,6 +59,9 @@ class ToyPretrainConfig:
       hidden_size, intermediate_size, num_layers, num_heads: the Llama's shape (no GQA).
       corpus_size: pretraining texts drawn by `toy.pretraining_corpus`.
       corpus_seed: seed of that draw.
+      corpus_difficulty_weights: how often each level of `world` appears in the corpus (None: the
+        world's own weights). A thinking base writes few direct answers per level, so the levels
+        it should also answer directly get more texts.
       seq_len: texts (BOS + text + EOS) are concatenated and cut into rows of this many tokens, so no
         compute is spent on padding; a text may run across two rows, as in ordinary pretraining.
       batch_size: rows per update. epochs: passes over the packed corpus.
@@ -78,6 +81,7 @@ class ToyPretrainConfig:
     num_heads: int = 4
     corpus_size: int = 64_000
     corpus_seed: int = 1
+    corpus_difficulty_weights: tuple[float, ...] | None = None
     seq_len: int = 128
     batch_size: int = 32
     epochs: int = 2
@@ -100,6 +104,11 @@ class ToyPretrainConfig:
             raise ValueError(
                 f"ToyPretrainConfig: hidden_size={self.hidden_size} must split into num_heads={self.num_heads} "
                 "heads of even width (rotary embeddings rotate pairs)")
+        if self.corpus_difficulty_weights is not None:
+            try:
+                dataclasses.replace(self.world, difficulty_weights=self.corpus_difficulty_weights)
+            except ValueError as e:
+                raise ValueError(f"ToyPretrainConfig.corpus_difficulty_weights: {e}") from None
         if self.eval_per_level < 0 or self.max_new_tokens < 1:
             raise ValueError(
                 f"ToyPretrainConfig: eval_per_level={self.eval_per_level} must be >= 0 and "
@@ -148,7 +157,8 @@ def run_toy_pretrain(config: ToyPretrainConfig, *, run_dir: str | Path | None = 
     started = time.perf_counter()
     cfg = config.model_config()
     sequences = pack_corpus(
-        toy.pretraining_corpus(config.world, config.corpus_size, config.corpus_seed), config.seq_len)
+        toy.pretraining_corpus(config.world, config.corpus_size, config.corpus_seed,
+                               difficulty_weights=config.corpus_difficulty_weights), config.seq_len)
     params = init_params(cfg, jax.random.key(config.seed))
     optim = OptimizerConfig(learning_rate=config.learning_rate, schedule="cosine",
                             warmup_fraction=config.warmup_fraction, weight_decay=config.weight_decay,
@@ -217,7 +227,7 @@ def accuracy_table(policy: Policy, examples: Sequence[Example], *, max_new_token
 
     def run(prompting: str):
         return complete(policy, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                        forced_prefix=policy.opening(prompting))
+                        opening=policy.opening(prompting))
 
     direct, thought, own = (run(prompting) for prompting in ("direct", "cot", "policy"))
     rows = []

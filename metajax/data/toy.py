@@ -171,20 +171,26 @@ def render_with_thought(question: str, thought: str, answer: str) -> str:
     return THOUGHT_FORMAT.format(question=question, thought=thought, answer=answer)
 
 
-def pretraining_corpus(cfg: ToyWorldConfig, n: int, seed: int, *,
-                       p_thought: float | None = None) -> list[str]:
+def pretraining_corpus(cfg: ToyWorldConfig, n: int, seed: int, *, p_thought: float | None = None,
+                       difficulty_weights: Sequence[float] | None = None) -> list[str]:
     """`n` pretraining texts mixing direct answers and answers after a thought.
 
     Questions never come from the held-out part of the eval split of `make_splits(cfg)`. A
     question with a non-empty rationale (two operands or more) is written with its thought with
     probability `p_thought` (default: `cfg.p_thought` of the question's level); single-operand
     questions have nothing to think about and are always direct.
+
+    Args:
+      difficulty_weights: how often each level appears in the corpus (default: the world's own
+        `difficulty_weights`); the eval and training splits keep the world's.
     """
     if p_thought is not None and not 0.0 <= p_thought <= 1.0:
         raise ValueError(f"pretraining_corpus: p_thought={p_thought} must lie in [0, 1]")
     rng = np.random.default_rng(seed)
-    examples = _draw_examples(cfg, n, rng, None, id_prefix="toy-corpus",
-                              exclude=_held_out(cfg, _eval_split(cfg)))
+    held_out = _held_out(cfg, _eval_split(cfg))
+    if difficulty_weights is not None:
+        cfg = dataclasses.replace(cfg, difficulty_weights=tuple(difficulty_weights))
+    examples = _draw_examples(cfg, n, rng, None, id_prefix="toy-corpus", exclude=held_out)
     shares = np.array([cfg.thought_share(ex.difficulty) if p_thought is None else p_thought
                        for ex in examples])
     think = rng.random(n) < shares

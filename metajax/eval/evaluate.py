@@ -7,11 +7,12 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
-from metajax.algorithms.policy import Policy, complete
 from metajax.data.example import Example
 from metajax.data.graders import grade_example, split_ram_completion
 from metajax.data.prompts import PromptConfig, encode_prompt
 from metajax.files import write_jsonl_atomic
+from metajax.sampling.policy import Policy
+from metajax.sampling.rollouts import complete
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,16 +29,18 @@ class EvalRecord:
 
 
 def evaluate(policy: Policy, examples: Sequence[Example], *, prompting: str = "policy", max_new_tokens: int = 512,
-             batch_size: int = 64, fewshot: Sequence[Example] = (), mesh=None) -> list[EvalRecord]:
+             batch_size: int = 64, fewshot: Sequence[Example] = (), mesh=None, desc: str | None = None
+             ) -> list[EvalRecord]:
     """Greedy completions of `examples`, graded (RaM paper: greedy, zero-shot, max 512 tokens).
 
     prompting: "policy" (the model decides whether to think), "cot" (a thought is forced open) or
       "direct" (the answer marker is forced).
+    desc: the progress bar's label (None: no bar).
     """
-    prefix = policy.opening(prompting)
+    opening = policy.opening(prompting)
     prompts = [encode_prompt(policy.tokenizer, PromptConfig(style="ram"), ex, fewshot) for ex in examples]
     completions = complete(policy, prompts, max_new_tokens=max_new_tokens, temperature=0.0, batch_size=batch_size,
-                           forced_prefix=prefix, mesh=mesh, desc=f"eval ({prompting})")
+                           opening=opening, mesh=mesh, desc=desc)
     records = []
     for c in completions:
         ex = examples[c.prompt_index]

@@ -1,11 +1,9 @@
 """Pure reward functions: VOC, costs, group advantages, filters, policy-gradient losses, exam scores.
 
-Everything here needs only jax and numpy, so `import metajax.rewards` works in anyone's research
-code. `sequence_logprobs` and `chain_logprobs` run the model and live in `.logprobs`, which is
-imported only when one of them is first used.
+Everything here is plain `jnp` over arrays and needs only jax and numpy, so `import metajax.rewards`
+works in anyone's research code. The log-probabilities they take come from the model:
+`metajax.models.sequence_logprobs`, `chain_logprobs` and `token_logprobs`.
 """
-
-import importlib
 
 from metajax.rewards.adapters import correctness_reward, trl_reward_fn
 from metajax.rewards.advantages import (
@@ -35,23 +33,10 @@ from metajax.rewards.voc import (
     voc_reward,
 )
 
-_LOGPROBS = ("sequence_logprobs", "chain_logprobs")
-
 __all__ = [
     "ADVANTAGE_KINDS", "COSTS", "POLICY_GRADIENT_KINDS", "ROI_LEVEL_THRESHOLDS",
     "chain_cost", "correctness_reward", "exam_reward", "exam_score", "group_advantages",
     "level_of_tokens", "linear_cost", "log_cost", "log_prob_plus_eps", "policy_gradient_loss",
     "policy_gradient_terms", "ram_keep_mask", "regret", "star_keep_mask", "trl_reward_fn",
-    "voc_reward", *_LOGPROBS,
+    "voc_reward",
 ]
-
-
-def __getattr__(name):
-    # The log-prob functions pull in the model code; import them on first use only.
-    if name in _LOGPROBS:
-        return getattr(importlib.import_module(".logprobs", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LOGPROBS))

@@ -1,5 +1,8 @@
-"""Jit-compiled KV-cache sampling with per-row token budgets and forced endings."""
+"""Sampling: the jit-compiled KV-cache sampler with per-row budgets, token-level rollouts, policies."""
 
+from metajax.sampling.policy import Policy
+from metajax.sampling.rollouts import Completion, Rollouts, complete, completions, rollout
 from metajax.sampling.sampler import Samples, StopReason, compile_counts, filter_logits, generate
 
-__all__ = ["Samples", "StopReason", "compile_counts", "filter_logits", "generate"]
+__all__ = ["Completion", "Policy", "Rollouts", "Samples", "StopReason", "compile_counts", "complete", "completions",
+           "filter_logits", "generate", "rollout"]

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from metajax.batching import bucket, pad_rows
+from metajax.host import to_host
 from metajax.models.config import ModelConfig
 from metajax.models.transformer import Params, decode_step, prefill
 
@@ -45,30 +46,35 @@ class StopReason(enum.IntEnum):
 
 @dataclasses.dataclass(frozen=True)
 class Samples:
-    """Generated continuations, `n_samples` consecutive rows per prompt.
+    """Generated continuations, `n_samples` consecutive rows per prompt, as device arrays (sharded
+    over the batch when generated on a mesh; read them on the host with `metajax.host.to_host`).
 
     Attributes:
       tokens: int32[batch, width], padded with `pad_id` after each row's end; width is
         max_new_tokens + len(forced_ending) + answer_allowance.
       lengths: int32[batch], tokens in each row (stop token and forced tokens included).
       budget_tokens: int32[batch], tokens sampled in the FREE phase, i.e. spent from the budget.
-      logprobs: float32[batch, width], log p of each token under the model at temperature 1 (also for
-        forced tokens); 0 past the row's end.
+      logprobs: float32[batch, width], the behaviour log-probability of each token: log softmax of
+        the logits divided by the row's temperature (1 for greedy rows), taken *before* the top-k /
+        top-p filter (see `generate`); the same for forced tokens; 0 past the row's end.
       forced: bool[batch, width], True where a token was forced rather than sampled.
       stop_reason: int32[batch] of `StopReason`: why the FREE phase ended.
       prompt_index: int32[batch], which prompt each row continues.
+      temperature: float32[batch], the temperature `logprobs` were taken at (1 for greedy rows).
     """
 
-    tokens: np.ndarray
-    lengths: np.ndarray
-    budget_tokens: np.ndarray
-    logprobs: np.ndarray
-    forced: np.ndarray
-    stop_reason: np.ndarray
-    prompt_index: np.ndarray
+    tokens: jax.Array
+    lengths: jax.Array
+    budget_tokens: jax.Array
+    logprobs: jax.Array
+    forced: jax.Array
+    stop_reason: jax.Array
+    prompt_index: jax.Array
+    temperature: jax.Array
 
     def token_lists(self) -> list[list[int]]:
-        return [row[:n].tolist() for row, n in zip(self.tokens, self.lengths)]
+        tokens, lengths = to_host((self.tokens, self.lengths))
+        return [row[:n].tolist() for row, n in zip(tokens, lengths)]
 
 
 def generate(params: Params, cfg: ModelConfig, prompts, *, max_new_tokens: int,
@@ -96,6 +102,16 @@ def generate(params: Params, cfg: ModelConfig, prompts, *, max_new_tokens: int,
       answer_allowance: sampled tokens allowed after the forced ending (until a stop token).
       cache_dtype: dtype of the KV cache (e.g. jnp.bfloat16 with fp32 params); default the params'.
       max_prompt_len: longest prompt accepted (default: what fits cfg.max_position_embeddings).
+
+    The recorded log-probabilities are those of the tempered distribution before the top-k / top-p
+    filter, the same quantity a teacher-forced forward at that temperature computes
+    (`metajax.models.token_logprobs`), so a policy-gradient ratio against them is exactly 1 on
+    policy. The filter decides which tokens can be drawn, not how a drawn token is scored: the
+    filtered distribution's log-probability differs only by the log of the kept mass, a per-step
+    constant that the trainer's forward cannot know without repeating the filter. TRL makes the same
+    choice (its log-probs divide the logits by the temperature, with no top-k / top-p); Tunix
+    recomputes them with a forward pass of the model. Use top_p = 1 and top_k = 0 (Dr. GRPO's
+    recipe) for a policy gradient on exactly the sampling distribution.
     """
     rows = _prompt_rows(prompts, prompt_lengths)
     num_prompts, batch = len(rows), len(rows) * n_samples
@@ -135,7 +151,8 @@ def generate(params: Params, cfg: ModelConfig, prompts, *, max_new_tokens: int,
         return out
 
     inputs = dict(
-        prompts=tokens, prompt_mask=mask, budgets=grid(budgets, 0), temperatures=grid(temps, 0.0),
+        # Dummy prompts of the bucket get budget -1: they start finished and never run a forced phase.
+        prompts=tokens, prompt_mask=mask, budgets=grid(budgets, -1), temperatures=grid(temps, 0.0),
         limits=np.array([max_new_tokens, len(forced_ending), answer_allowance], np.int32),
         top_p=np.float32(top_p), top_k=np.int32(top_k), stop_tokens=stops, forced_ending=forced)
     core = partial(_generate_core, cfg=cfg, n_samples=n_samples, cache_len=cache_len, cache_dtype=cache_dtype)
@@ -147,12 +164,15 @@ def generate(params: Params, cfg: ModelConfig, prompts, *, max_new_tokens: int,
                   for k, v in inputs.items()}
         with jax.set_mesh(mesh):
             out = core(params, rng=rng, **inputs)
-    out = jax.device_get(out)
+    # Dummy prompts of the bucket and cache slots past `width` are cut off on the device: the rows stay
+    # sharded where they were generated.
     flat = {k: v[:num_prompts].reshape(batch, *v.shape[2:]) for k, v in out.items()}
-    return Samples(tokens=np.where(np.arange(width) < flat["lengths"][:, None], flat["tokens"][:, :width], pad_id),
-                   lengths=flat["lengths"], budget_tokens=flat["budget_tokens"],
-                   logprobs=flat["logprobs"][:, :width], forced=flat["forced"][:, :width],
-                   stop_reason=flat["stop_reason"], prompt_index=np.repeat(np.arange(num_prompts), n_samples))
+    inside = jnp.arange(width) < flat["lengths"][:, None]
+    return Samples(tokens=jnp.where(inside, flat["tokens"][:, :width], pad_id), lengths=flat["lengths"],
+                   budget_tokens=flat["budget_tokens"], logprobs=flat["logprobs"][:, :width],
+                   forced=flat["forced"][:, :width], stop_reason=flat["stop_reason"],
+                   prompt_index=jnp.repeat(jnp.arange(num_prompts, dtype=jnp.int32), n_samples),
+                   temperature=jnp.asarray(np.where(temps > 0, temps, 1.0), jnp.float32))
 
 
 _BATCHED = ("prompts", "prompt_mask", "budgets", "temperatures")
@@ -171,9 +191,12 @@ def _generate_core(params, *, cfg: ModelConfig, n_samples: int, cache_len: int, 
     prompt_len = jnp.sum(prompt_mask, axis=1, dtype=jnp.int32)[:, None]
     free_limit = jnp.minimum(budgets, max_new)
     grid = (num_prompts, n_samples)
+    # Greedy rows record log-probs at temperature 1: the model's own distribution.
+    logprob_scale = 1.0 / jnp.where(temperatures > 0, temperatures, 1.0)[..., None]
     state = dict(
         step=jnp.int32(0), logits=logits, cache=cache,
-        phase=jnp.where(free_limit > 0, _FREE, jnp.where(forced_len > 0, _FORCING, _DONE)).astype(jnp.int32),
+        phase=jnp.where(budgets < 0, _DONE, jnp.where(free_limit > 0, _FREE, jnp.where(forced_len > 0, _FORCING, _DONE))
+                        ).astype(jnp.int32),
         phase_count=jnp.zeros(grid, jnp.int32),  # tokens emitted in the current phase
         budget_tokens=jnp.zeros(grid, jnp.int32),
         lengths=jnp.zeros(grid, jnp.int32),
@@ -192,7 +215,9 @@ def _generate_core(params, *, cfg: ModelConfig, n_samples: int, cache_len: int, 
         sampled = _sample(s["logits"], temperatures, top_p, top_k, jax.random.fold_in(rng, step))
         is_forced = phase == _FORCING
         token = jnp.where(is_forced, forced_ending[jnp.minimum(s["phase_count"], forced_ending.shape[0] - 1)], sampled)
-        token_logprob = jnp.take_along_axis(jax.nn.log_softmax(s["logits"]), token[..., None], axis=-1)[..., 0]
+        scaled = s["logits"] * logprob_scale
+        token_logprob = (jnp.take_along_axis(scaled, token[..., None], axis=-1)[..., 0]
+                         - jax.nn.logsumexp(scaled, axis=-1))
 
         def write(buffer, value):
             return jax.lax.dynamic_update_slice_in_dim(buffer, jnp.where(active, value, jnp.zeros((), buffer.dtype))[..., None].astype(buffer.dtype), step, axis=2)

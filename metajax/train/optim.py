@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -28,6 +29,8 @@ class OptimizerConfig:
         default).
       b1, b2, eps: Adam moments (transformers' defaults).
       max_grad_norm: clip the gradient's global norm to this before Adam (RaM: 1.0); None: no clip.
+      skip_nonfinite: a step whose loss or gradient is NaN or infinite is skipped (params and
+        optimizer state unchanged) and counted in the metrics, instead of stopping the run.
     """
 
     learning_rate: float = 1e-6
@@ -38,6 +41,7 @@ class OptimizerConfig:
     b2: float = 0.999
     eps: float = 1e-8
     max_grad_norm: float | None = 1.0
+    skip_nonfinite: bool = False
 
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
@@ -50,14 +54,17 @@ class OptimizerConfig:
             raise ValueError(f"max_grad_norm={self.max_grad_norm} must be > 0, or None to disable clipping")
 
 
-def make_optimizer(cfg: OptimizerConfig, total_steps: int) -> optax.GradientTransformation:
-    """Clip-then-AdamW over `total_steps` updates.
+@functools.cache
+def make_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformation:
+    """Clip-then-AdamW, one object per config (so the train steps built on it are shared).
 
-    The hyperparameters are injected (`optax.inject_hyperparams`), so the optimizer state carries
-    the learning rate of its latest update: `learning_rate(opt_state)` reads it for logging.
+    The hyperparameters are injected (`optax.inject_hyperparams`): the train step sets each update's
+    learning rate from `make_schedule` (computed on the host, so a new schedule length never
+    recompiles the step), and `learning_rate(opt_state)` reads the latest one for logging. Until a
+    step sets it, the rate is the peak `cfg.learning_rate`.
     """
     return optax.inject_hyperparams(_clipped_adamw, static_args="max_grad_norm")(
-        learning_rate=make_schedule(cfg, total_steps), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+        learning_rate=cfg.learning_rate, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
         weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm)
 
 

@@ -1,0 +1,262 @@
+"""Group-relative policy gradients: GRPO and Dr. GRPO (PAPERS.md section 3), on token-level rollouts.
+
+Each step:
+  1. draws `prompts_per_step` questions (a seeded order, reshuffled every pass over the data);
+  2. samples `num_generations` completions of each in one compiled call, the prompt's keys and
+     values shared by its group (`metajax.sampling.rollout`);
+  3. scores them (`metajax.algorithms.completion_rewards`: correctness, RaM's VOC, a token cost,
+     any TRL-signature function, or a weighted sum);
+  4. turns rewards into group advantages (`grpo`: standardised; `dr_grpo`: centred only);
+  5. runs `num_iterations` epochs of clipped updates over mini-batches, the ratio taken against
+     the log-probs the sampler stored with the rollout (`metajax.train.PolicyGradientLoss` in the
+     shared `make_train_step`), with an optional k3 KL to the frozen base (`beta`).
+Tokens go from the sampler to the gradient untouched; text is decoded only for the graders.
+Orbax checkpoints every `save_steps` hold the whole `TrainState` (params, optimizer state, step,
+RNG) and the data position, so a rerun in the same directory resumes and ends bitwise equal to an
+uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from metajax.algorithms.completion_rewards import RewardTerm, reward_columns, total_reward
+from metajax.data.example import Example
+from metajax.data.prompts import PromptConfig, encode_prompt
+from metajax.host import to_host
+from metajax.models.logprobs import token_logprobs
+from metajax.rewards.advantages import group_advantages
+from metajax.sampling.policy import Policy
+from metajax.sampling.rollouts import Rollouts, completions, rollout
+from metajax.train.checkpoint import Checkpointer
+from metajax.train.losses import PolicyGradientLoss
+from metajax.train.optim import OptimizerConfig, make_optimizer, make_schedule
+from metajax.train.state import TrainState, init_train_state
+from metajax.train.step import check_finite, make_train_step
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOConfig:
+    """GRPO / Dr. GRPO settings, under the names TRL and Tunix use. The defaults are Dr. GRPO's recipe
+    (arXiv 2503.20783, understand-r1-zero; PAPERS.md section 3) where it has one; the learning rate
+    (Dr. GRPO: 1e-6, constant) is `train.learning_rate` with `train.schedule: constant`.
+
+    Attributes:
+      max_steps: rollout-and-update steps.
+      prompts_per_step: questions per step (TRL's per_device_train_batch_size x devices /
+        num_generations: TRL counts completions).
+      num_generations: G, completions per question (Dr. GRPO: 8).
+      num_iterations: mu, optimisation epochs over each step's rollouts (Dr. GRPO: 1; with more, the
+        ratio moves off 1 and the clip acts).
+      mini_batch_size: completions per optimizer update (None: the whole step's batch, one update
+        per epoch); must divide prompts_per_step * num_generations.
+      gradient_accumulation_steps: micro-batches per update (less memory, same gradient).
+      loss_type: "dr_grpo" (advantage R - mean(R), token sum over a constant; Dr. GRPO) or "grpo"
+        (advantage standardised by the group's std, each response's tokens averaged; GRPO).
+      epsilon: the PPO clip range (Dr. GRPO: 0.2).
+      beta: weight of the k3 KL to the frozen starting policy (Dr. GRPO: 0, no reference pass).
+      max_completion_length: new tokens per completion, and Dr. GRPO's constant normaliser
+        (understand-r1-zero's MAX_TOKENS: 3000 on MATH).
+      temperature, top_p, top_k: sampling (Dr. GRPO: 1, 1, none). The stored log-probs are the
+        tempered, unfiltered distribution's (`metajax.sampling.generate`).
+      rollout_prompting: "policy" (the model chooses; R1-Zero), "cot" or "direct" (a RaM-format
+        opening is forced into every completion and counts as generated, with no gradient).
+      rewards: the terms of the reward (`RewardTerm`); R1-Zero: correctness alone.
+      recompute_logprobs: recompute the behaviour log-probs with a teacher-forced forward of the
+        current params before the first epoch, instead of the sampler's (use when sampling ran in
+        another dtype or cache precision than training).
+      save_steps: checkpoint every this many steps (and after the last).
+      score_batch_size: sequences per scoring call of a VOC reward.
+    """
+
+    max_steps: int = 100
+    prompts_per_step: int = 16
+    num_generations: int = 8
+    num_iterations: int = 1
+    mini_batch_size: int | None = None
+    gradient_accumulation_steps: int = 1
+    loss_type: Literal["dr_grpo", "grpo"] = "dr_grpo"
+    epsilon: float = 0.2
+    beta: float = 0.0
+    max_completion_length: int = 512
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    rollout_prompting: Literal["policy", "cot", "direct"] = "policy"
+    rewards: tuple[RewardTerm, ...] = (RewardTerm(),)
+    recompute_logprobs: bool = False
+    save_steps: int = 20
+    score_batch_size: int = 64
+
+    def __post_init__(self):
+        for name in ("max_steps", "prompts_per_step", "num_generations", "num_iterations",
+                     "gradient_accumulation_steps", "max_completion_length", "save_steps", "score_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"grpo.{name} must be >= 1, got {getattr(self, name)}")
+        batch = self.prompts_per_step * self.num_generations
+        mini = self.mini_batch_size or batch
+        if mini < 1 or batch % mini or mini % self.gradient_accumulation_steps:
+            raise ValueError(f"grpo.mini_batch_size={self.mini_batch_size} must divide prompts_per_step x "
+                             f"num_generations = {batch}, and be a multiple of gradient_accumulation_steps="
+                             f"{self.gradient_accumulation_steps}")
+        if not 0 < self.top_p <= 1 or self.temperature <= 0 or self.top_k < 0:
+            raise ValueError(f"grpo sampling needs temperature > 0, top_p in (0, 1] and top_k >= 0; got "
+                             f"temperature {self.temperature}, top_p {self.top_p}, top_k {self.top_k}")
+        if self.epsilon < 0 or self.beta < 0:
+            raise ValueError(f"grpo.epsilon and grpo.beta must be >= 0; got {self.epsilon}, {self.beta}")
+        if not self.rewards:
+            raise ValueError("grpo.rewards needs at least one term, e.g. [{kind: correctness}]")
+
+    @property
+    def updates_per_step(self) -> int:
+        return self.num_iterations * (self.prompts_per_step * self.num_generations) // (
+            self.mini_batch_size or self.prompts_per_step * self.num_generations)
+
+
+def run_grpo(base: Policy, questions: Sequence[Example], config: GRPOConfig, optim: OptimizerConfig, out_dir: Path,
+             *, seed: int = 0, metrics=None, fewshot: Sequence[Example] = (), mesh=None, remat: bool = False,
+             compute_dtype=None, progress: bool = True) -> Policy:
+    """Trains `base` with GRPO / Dr. GRPO on `questions`; returns the final policy.
+
+    Resumes from the latest checkpoint in `out_dir/checkpoints` (written by the same settings).
+    Metrics of every step go to `metrics` under stage "grpo/step".
+    """
+    if not questions:
+        raise ValueError("GRPO needs training questions; none were loaded")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    optimizer = make_optimizer(optim)
+    schedule = make_schedule(optim, config.max_steps * config.updates_per_step)
+    loss = PolicyGradientLoss(kind=config.loss_type, clip_eps=config.epsilon, max_tokens=config.max_completion_length,
+                              kl_beta=config.beta)
+    step_fn = make_train_step(base.cfg, optimizer, loss, compute_dtype=compute_dtype, remat=remat, mesh=mesh,
+                              grad_accum=config.gradient_accumulation_steps, skip_nonfinite=optim.skip_nonfinite)
+    state = init_train_state(base.params, optimizer, jax.random.key(seed))
+    prompts = _Prompts(base, questions, fewshot, seed)
+    needs_voc = any(term.kind == "voc" for term in config.rewards)
+    with Checkpointer(out_dir / "checkpoints", max_to_keep=2) as checkpointer:
+        if checkpointer.latest_step() is not None:
+            state, saved = checkpointer.restore(like=state)
+            print(f"[grpo] resuming after step {saved['step']} (data position {saved['data_position']})")
+        bar = tqdm(total=config.max_steps, initial=int(state.step) // config.updates_per_step, desc="grpo",
+                   disable=not progress)
+        for step in range(int(state.step) // config.updates_per_step, config.max_steps):
+            key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), step)
+            started = time.perf_counter()
+            policy = base.with_params(state.params)
+            indices = prompts.indices(step, config.prompts_per_step)
+            rows = rollout(policy, [prompts.tokens(i) for i in indices], max_new_tokens=config.max_completion_length,
+                           n_samples=config.num_generations, temperature=config.temperature, top_p=config.top_p,
+                           top_k=config.top_k, opening=policy.opening(config.rollout_prompting),
+                           rng=jax.random.fold_in(key, 0), mesh=mesh)
+            done = list(completions(policy, rows))
+            sampled = time.perf_counter()
+
+            picked = [questions[i] for i in indices]
+            columns = reward_columns(policy, picked, done, needs_voc=needs_voc, fewshot=fewshot,
+                                     score_batch_size=config.score_batch_size)
+            reward, parts = total_reward(config.rewards, [prompts.text(indices[c.prompt_index]) for c in done],
+                                         [c.text for c in done], columns)
+            advantages = np.asarray(group_advantages(reward.reshape(len(indices), config.num_generations),
+                                                     kind=config.loss_type)).reshape(-1)
+            batch = _train_batch(base, state, rows, advantages, config)
+            scored = time.perf_counter()
+
+            update_metrics = []
+            for epoch in range(config.num_iterations):
+                order = jax.random.permutation(jax.random.fold_in(key, 1 + epoch), len(rows))
+                mini = config.mini_batch_size or len(rows)
+                for start in range(0, len(rows), mini):
+                    mini_batch = {k: v[order[start:start + mini]] for k, v in batch.items()}
+                    state, m = step_fn(state, mini_batch, schedule(int(state.step)))
+                    update_metrics.append(m)
+            update_metrics = [{k: float(v) for k, v in to_host(m).items()} for m in update_metrics]
+            for m in update_metrics:
+                check_finite(m, stage="grpo", step=step + 1, skip_nonfinite=optim.skip_nonfinite)
+            updated = time.perf_counter()
+
+            record = _step_metrics(reward, parts, columns, done, update_metrics, (started, sampled, scored, updated),
+                                   trained_tokens=config.num_iterations * int(to_host(rows.attention_mask).sum()))
+            if metrics is not None:
+                metrics.write(step + 1, record, stage="grpo/step")
+            bar.update(1)
+            bar.set_postfix(reward=f"{record['reward_mean']:.3f}", acc=f"{record['accuracy']:.2f}",
+                            tokens=f"{record['completion_tokens_mean']:.1f}")
+            if (step + 1) % config.save_steps == 0 or step + 1 == config.max_steps:
+                checkpointer.save(step + 1, state, force=True,
+                                  metadata={"step": step + 1, "data_position": (step + 1) * config.prompts_per_step})
+        bar.close()
+    return base.with_params(state.params)
+
+
+class _Prompts:
+    """The training questions' prompt tokens, encoded once each, in a seeded order that is reshuffled
+    every pass: step s takes positions s * P .. (s + 1) * P - 1 of that endless order."""
+
+    def __init__(self, policy: Policy, questions: Sequence[Example], fewshot: Sequence[Example], seed: int):
+        self._policy, self._questions, self._fewshot, self._seed = policy, questions, fewshot, seed
+        self._tokens: dict[int, list[int]] = {}
+        self._orders: dict[int, np.ndarray] = {}
+
+    def indices(self, step: int, count: int) -> list[int]:
+        n = len(self._questions)
+        out = []
+        for position in range(step * count, (step + 1) * count):
+            epoch = position // n
+            if epoch not in self._orders:
+                self._orders[epoch] = np.random.default_rng([self._seed, epoch]).permutation(n)
+            out.append(int(self._orders[epoch][position % n]))
+        return out
+
+    def tokens(self, index: int) -> list[int]:
+        if index not in self._tokens:
+            self._tokens[index] = encode_prompt(self._policy.tokenizer, PromptConfig(style="ram"),
+                                                self._questions[index], self._fewshot)
+        return self._tokens[index]
+
+    def text(self, index: int) -> str:
+        return self._policy.decode(self.tokens(index))
+
+
+def _train_batch(base: Policy, state: TrainState, rows: Rollouts, advantages: np.ndarray, config: GRPOConfig) -> dict:
+    """The policy-gradient batch of one step's rollouts (device arrays, sharded as they were sampled)."""
+    batch = {"tokens": rows.tokens, "attention_mask": rows.attention_mask, "sampled": rows.sampled,
+             "logprobs": rows.logprobs, "temperature": rows.temperature,
+             "advantages": jnp.asarray(advantages, jnp.float32)}
+    if config.recompute_logprobs:
+        logp, _ = token_logprobs(state.params, base.cfg, rows.tokens, attention_mask=rows.attention_mask,
+                                 temperature=rows.temperature)
+        batch["logprobs"] = jnp.where(rows.sampled, logp, 0.0)
+    if config.beta > 0:
+        ref, _ = token_logprobs(base.params, base.cfg, rows.tokens, attention_mask=rows.attention_mask,
+                                temperature=rows.temperature)
+        batch["ref_logprobs"] = ref
+    return batch
+
+
+def _step_metrics(reward, parts, columns, done, updates, times, *, trained_tokens: int) -> dict[str, float]:
+    """One step's metrics: the reward and its terms, the rollouts, the updates and where the time went."""
+    started, sampled, scored, updated = times
+    lengths = np.array([c.num_tokens for c in done])
+    generated = sum(len(c.ids) for c in done)
+    record = {"reward_mean": float(reward.mean()), "reward_std": float(reward.std()),
+              "accuracy": float(np.mean(columns["correct"])),
+              "completion_tokens_mean": float(lengths.mean()), "completion_tokens_max": float(lengths.max())}
+    record.update({f"reward/{name}": float(values.mean()) for name, values in parts.items()})
+    for name in ("loss", "clip_fraction", "kl", "ratio_mean", "entropy", "grad_norm", "lr"):
+        record[name] = float(np.mean([u[name] for u in updates]))
+    record["nonfinite_updates"] = float(sum(u["nonfinite"] for u in updates))
+    seconds = {"sample": sampled - started, "score": scored - sampled, "update": updated - scored}
+    tokens = {"sample": generated, "score": generated, "update": trained_tokens}
+    for phase in seconds:
+        record[f"{phase}_seconds"] = seconds[phase]
+        record[f"{phase}_tokens_per_s"] = tokens[phase] / max(seconds[phase], 1e-9)
+    return record

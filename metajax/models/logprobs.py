@@ -1,0 +1,187 @@
+"""Log-probabilities of tokens under the model: what VOC rewards, SFT and policy gradients are built from.
+
+Nothing here builds float32 logits over the whole `[batch, seq, vocab]` at once. The vocabulary
+projection runs in chunks of `VOCAB_CHUNK` columns under a `lax.scan`, keeping a running
+logsumexp, the target's logit and the entropy's running sum; each chunk is recomputed in the
+backward pass (`jax.checkpoint`) instead of being stored. Llama 3's 128k vocabulary at 16 x 2048
+tokens is 16 GiB of float32 logits; chunked, the live part is `[batch, seq, VOCAB_CHUNK]`.
+
+The public functions run compiled (jit with the static config) when called from anyone's code.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from metajax.batching import bucket, pad_rows
+from metajax.host import to_host
+from metajax.models.config import ModelConfig
+from metajax.models.transformer import Params, hidden_states
+
+# Columns of the vocabulary projection computed at once; vocabularies up to this size take one chunk.
+VOCAB_CHUNK = 16384
+
+
+def logprobs_from_hidden(params: Params, cfg: ModelConfig, hidden: jax.Array, targets: jax.Array, *,
+                         temperature=None, vocab_chunk: int = VOCAB_CHUNK) -> tuple[jax.Array, jax.Array]:
+    """log p(target) and the entropy of the next-token distribution, from final hidden states.
+
+    Args:
+      hidden: float[batch, T, hidden], the final-norm hidden states that predict `targets`.
+      targets: int32[batch, T].
+      temperature: None (1), a scalar, or float32[batch]: the distribution is softmax(logits / T),
+        the one a sampler at temperature T draws from (before any top-k / top-p filter).
+      vocab_chunk: vocabulary columns per chunk (static).
+    Returns:
+      (logp float32[batch, T], entropy float32[batch, T]), entropy in nats.
+    """
+    head = params["embed"].T if cfg.tie_word_embeddings else params["lm_head"]
+    vocab = head.shape[1]
+    chunk = min(vocab_chunk, vocab)
+    num_chunks = -(-vocab // chunk)
+    head = jnp.pad(head, ((0, 0), (0, num_chunks * chunk - vocab)))
+    head = head.reshape(head.shape[0], num_chunks, chunk).transpose(1, 0, 2)  # [chunks, hidden, chunk]
+    inverse_t = jnp.float32(1.0) if temperature is None else 1.0 / jnp.asarray(temperature, jnp.float32)
+    inverse_t = jnp.reshape(inverse_t, jnp.shape(inverse_t) + (1,) * (hidden.ndim - 1 - jnp.ndim(inverse_t)))
+
+    @jax.checkpoint
+    def one_chunk(carry, inputs):
+        top, total, weighted, picked = carry
+        weights, start = inputs
+        z = jnp.einsum("btd,dv->btv", hidden, weights, preferred_element_type=jnp.float32) * inverse_t[..., None]
+        ids = start + jnp.arange(chunk)
+        real = ids < vocab
+        # Padding columns hold 0, not -inf, so that no inf or NaN reaches a product or its gradient.
+        z = jnp.where(real, z, 0.0)
+        # The running max only keeps exp() in range; it cancels in the result, so no gradient flows through it.
+        new_top = jax.lax.stop_gradient(jnp.maximum(top, jnp.max(jnp.where(real, z, -jnp.inf), axis=-1)))
+        rescale = jnp.exp(top - new_top)
+        e = jnp.where(real, jnp.exp(z - new_top[..., None]), 0.0)
+        total = total * rescale + jnp.sum(e, axis=-1)
+        weighted = weighted * rescale + jnp.sum(e * z, axis=-1)
+        picked = picked + jnp.sum(jnp.where(ids == targets[..., None], z, 0.0), axis=-1)
+        return (new_top, total, weighted, picked), None
+
+    shape = targets.shape
+    init = (jnp.full(shape, -jnp.inf, jnp.float32), jnp.zeros(shape, jnp.float32), jnp.zeros(shape, jnp.float32),
+            jnp.zeros(shape, jnp.float32))
+    starts = jnp.arange(num_chunks, dtype=jnp.int32) * chunk
+    (top, total, weighted, picked), _ = jax.lax.scan(one_chunk, init, (head, starts))
+    logsumexp = top + jnp.log(total)
+    return picked - logsumexp, logsumexp - weighted / total
+
+
+@functools.partial(jax.jit, static_argnums=1, static_argnames=("remat", "vocab_chunk"))
+def token_logprobs(params: Params, cfg: ModelConfig, tokens: jax.Array, *, attention_mask=None, segment_ids=None,
+                   temperature=None, remat: bool = False, vocab_chunk: int = VOCAB_CHUNK
+                   ) -> tuple[jax.Array, jax.Array]:
+    """Teacher-forced log p(tokens[t] | tokens[:t]) and the entropy of that prediction, per position (compiled).
+
+    Args:
+      tokens: int32[batch, seq]; attention_mask, segment_ids: as in `metajax.models.forward`.
+      temperature: None, a scalar or float32[batch] (see `logprobs_from_hidden`).
+      remat: recompute each block's activations in the backward pass.
+    Returns:
+      (logp float32[batch, seq], entropy float32[batch, seq]); entry t scores tokens[t], entry 0
+      (no context) is 0 in both.
+    """
+    hidden, _ = hidden_states(params, cfg, tokens, attention_mask=attention_mask, segment_ids=segment_ids,
+                              remat=remat)
+    logp, entropy = logprobs_from_hidden(params, cfg, hidden[:, :-1], tokens[:, 1:], temperature=temperature,
+                                         vocab_chunk=vocab_chunk)
+    return jnp.pad(logp, ((0, 0), (1, 0))), jnp.pad(entropy, ((0, 0), (1, 0)))
+
+
+@functools.partial(jax.jit, static_argnums=1, static_argnames=("max_targets", "vocab_chunk"))
+def sequence_logprobs(params: Params, cfg: ModelConfig, tokens: jax.Array, target_mask: jax.Array, *,
+                      attention_mask: jax.Array | None = None, segment_ids: jax.Array | None = None,
+                      max_targets: int | None = None, vocab_chunk: int = VOCAB_CHUNK) -> jax.Array:
+    """sum_t log p(tokens[t] | tokens[:t]) over positions where `target_mask` is true (compiled).
+
+    Args:
+      tokens: int32[batch, seq].
+      target_mask: bool[batch, seq]; position 0 has no context and must not be a target.
+      attention_mask, segment_ids: as in `metajax.models.forward` (padding, packing).
+      max_targets: static bound on the targets of any row. With it, the vocabulary projection runs
+        only at the (at most `max_targets`) positions that predict a target, instead of all `seq`:
+        it is the largest single matmul of a small model. Rows with more targets than this would
+        lose the extra ones, so pass an upper bound (e.g. a power-of-two bucket of the longest answer).
+    Returns:
+      float32[batch].
+    """
+    target_mask = target_mask.astype(bool)
+    if max_targets is None:
+        per_token, _ = token_logprobs(params, cfg, tokens, attention_mask=attention_mask, segment_ids=segment_ids,
+                                      vocab_chunk=vocab_chunk)
+        return jnp.sum(jnp.where(target_mask, per_token, 0.0), axis=-1)
+    hidden, _ = hidden_states(params, cfg, tokens, attention_mask=attention_mask, segment_ids=segment_ids)
+    positions = jax.vmap(lambda row: jnp.nonzero(row, size=max_targets, fill_value=0)[0])(target_mask)
+    valid = jnp.arange(max_targets) < jnp.sum(target_mask, axis=-1, keepdims=True)
+    # The token at position t is predicted by the hidden state at t - 1.
+    predicting = jnp.take_along_axis(hidden, jnp.maximum(positions - 1, 0)[..., None], axis=1)
+    targets = jnp.take_along_axis(tokens, positions, axis=1)
+    scores, _ = logprobs_from_hidden(params, cfg, predicting, targets, vocab_chunk=vocab_chunk)
+    return jnp.sum(jnp.where(valid, scores, 0.0), axis=-1)
+
+
+def chain_logprobs(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
+                   thoughts: Sequence[Sequence[int]], answers: Sequence[Sequence[int]], *,
+                   direct_thought: Sequence[int] = (), pad_id: int = 0, batch_size: int = 64
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """log p(y | x, z) and log p(y | x) for n (question, chain, answer) triples of token ids.
+
+    Each row i scores the answer tokens `answers[i]` twice: after `prompts[i] + thoughts[i]`, and
+    after `prompts[i] + direct_thought` (the empty-thought answer: RaM's p(y | x)).
+
+    Returns:
+      (logp_with_chain float32[n], logp_direct float32[n]) as numpy arrays.
+    """
+    n = len(prompts)
+    if not (len(thoughts) == len(answers) == n):
+        raise ValueError(f"chain_logprobs got {n} prompts, {len(thoughts)} thoughts and {len(answers)} answers")
+    for i in range(n):
+        if not prompts[i]:
+            raise ValueError(f"triple {i}: the prompt is empty; it needs at least one token (a BOS, say)")
+        if not answers[i]:
+            raise ValueError(f"triple {i}: the answer is empty; there is nothing to score")
+    sequences = []
+    for middle in (lambda i: list(thoughts[i]), lambda i: list(direct_thought)):
+        for i in range(n):
+            context = list(prompts[i]) + middle(i)
+            sequences.append((context + list(answers[i]), [False] * len(context) + [True] * len(answers[i])))
+    scores = score_sequences(params, cfg, sequences, pad_id=pad_id, batch_size=batch_size)
+    return scores[:n], scores[n:]
+
+
+def score_sequences(params: Params, cfg: ModelConfig, sequences: Sequence[tuple[Sequence[int], Sequence[bool]]],
+                    *, pad_id: int = 0, batch_size: int = 64) -> np.ndarray:
+    """`sequence_logprobs` of ragged (tokens, target_mask) pairs: float32[len(sequences)].
+
+    Rows are right-padded to a power-of-two length and grouped into batches of `batch_size` (the last
+    padded with empty rows), so repeated calls reuse a few compilations.
+    """
+    for i, (tokens, mask) in enumerate(sequences):
+        if len(tokens) != len(mask):
+            raise ValueError(f"sequence {i}: {len(tokens)} tokens but a target mask of {len(mask)}")
+        if not any(mask):
+            raise ValueError(f"sequence {i} has no target token to score")
+        if mask[0]:
+            raise ValueError(f"sequence {i}: the first token has no context and cannot be a target")
+    scores = np.zeros(len(sequences), np.float32)
+    for start in range(0, len(sequences), batch_size):
+        chunk = list(sequences[start:start + batch_size])
+        rows = bucket(len(chunk), minimum=1)
+        length = bucket(max(len(t) for t, _ in chunk))
+        tokens, attention = pad_rows([t for t, _ in chunk] + [[pad_id]] * (rows - len(chunk)), length=length,
+                                     pad_id=pad_id)
+        targets, _ = pad_rows([list(m) for _, m in chunk] + [[False]] * (rows - len(chunk)), length=length, pad_id=0)
+        max_targets = bucket(int(targets.sum(axis=1).max()), minimum=8)
+        result = sequence_logprobs(params, cfg, tokens, targets.astype(bool), attention_mask=attention,
+                                   max_targets=max_targets)
+        scores[start:start + len(chunk)] = to_host(result)[:len(chunk)]
+    return scores
