@@ -1,4 +1,5 @@
-"""The toy pretraining run, and the properties of the model shipped in metajax/assets/toy_model."""
+"""The toy pretraining run, and the properties of the models shipped in metajax/assets/toy_model and
+metajax/assets/toy_thinker."""
 
 import json
 
@@ -13,6 +14,7 @@ from metajax.algorithms.toy_pretrain import (DEFAULT_OUT_DIR, SHIPPED_WORLD, Toy
                                              eval_questions, format_table, pack_corpus, run_toy_pretrain)
 from metajax.data import toy
 from metajax.models import forward, load_hf
+from metajax.pipelines import TOY_MODEL_DIRS
 
 
 def test_pack_corpus_wraps_each_text_in_bos_and_eos_and_masks_only_bos():
@@ -55,13 +57,28 @@ def test_tiny_run_writes_a_loadable_checkpoint_and_its_loss_falls(tmp_path):
     assert logits.shape == (1, len(ids), cfg.vocab_size) and bool(jnp.isfinite(logits).all())
 
 
-@pytest.fixture(scope="module")
-def shipped_table():
-    params, cfg = load_hf(DEFAULT_OUT_DIR)
-    policy = Policy.of(params, cfg, AutoTokenizer.from_pretrained(DEFAULT_OUT_DIR))
+def _table(directory):
+    params, cfg = load_hf(directory)
+    policy = Policy.of(params, cfg, AutoTokenizer.from_pretrained(directory))
     rows = accuracy_table(policy, eval_questions(SHIPPED_WORLD, 40), max_new_tokens=128, batch_size=256)
     print(format_table(rows))
     return {r.difficulty: r for r in rows}
+
+
+@pytest.fixture(scope="module")
+def shipped_table():
+    return _table(DEFAULT_OUT_DIR)
+
+
+def test_thinking_base_thinks_everywhere_but_can_answer_easy_sums_directly():
+    # Measured on up to 200 questions a level (assets/toy_thinker/README.md): it opens a thought on
+    # every question by itself; forced to answer directly it is right 1.00, 0.96, 0.73, 0.21, 0.07.
+    table = _table(TOY_MODEL_DIRS["toy_thinker"])
+    levels = sorted(table)
+    assert all(table[level].own_thought_rate >= 0.95 for level in levels), table
+    assert all(table[level].thought >= 0.9 for level in levels), table
+    assert table[levels[0]].direct >= 0.9 and table[levels[1]].direct >= 0.85
+    assert table[levels[-1]].direct < 0.5
 
 
 def test_shipped_model_is_small(shipped_table):
