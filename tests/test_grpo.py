@@ -185,7 +185,7 @@ def test_trl_signature_rewards_get_the_batch_columns(toy):
                    max_new_tokens=48, temperature=1.0, rng=jax.random.key(0))
     from metajax.sampling import completions as decode
     done = decode(policy, rows)
-    columns = reward_columns(policy, questions[:3], done, needs_voc=True)
+    columns = reward_columns(policy, questions[:3], done, voc_scorer=policy)
     terms = (RewardTerm("function", weight=2.0, function="test_grpo:recording_reward"), RewardTerm("correctness"))
     recording_reward.calls.clear()
     prompts = [policy.decode(rows.tokens[i, :rows.completion_start].tolist()) for i in range(len(done))]
@@ -279,3 +279,22 @@ def test_grpo_config_rejects_bad_values():
         RewardTerm("function", function="nomodule")
     with pytest.raises(ValueError, match="needs `function"):
         RewardTerm("function")
+
+
+@needs_toy
+def test_grpo_task_trains_evaluates_and_writes_its_results(tmp_path):
+    from metajax import pipelines
+    from metajax.config import load_config
+    config = load_config(None, [f"run_dir={tmp_path}", "task=grpo", "data.num_eval=6", "eval.max_new_tokens=48",
+                                "eval.methods=[base, grpo]", "grpo.max_steps=2", "grpo.prompts_per_step=2",
+                                "grpo.num_generations=2", "grpo.max_completion_length=48",
+                                "grpo.rewards=[{kind: voc}, {kind: token_cost, weight: 0.01}]"])
+    summaries = pipelines.run(config)
+    assert list(summaries) == ["base", "grpo"]
+    import json
+    assert set(json.loads((tmp_path / "results.json").read_text())) == {"base", "grpo"}
+    for name in ("results.md", "tokens_by_difficulty.png", "eval_base.jsonl", "eval_grpo.jsonl",
+                 "grpo/final/config.json", "grpo/final/tokenizer.json"):
+        assert (tmp_path / name).is_file(), name
+    steps = [r for r in read_metrics(tmp_path) if r["stage"] == "grpo/step"]
+    assert [r["step"] for r in steps] == [1, 2] and "reward/token_cost" in steps[0]["metrics"]

@@ -39,6 +39,10 @@ class RewardTerm:
         positive weight is a cost per token); "function" (`function`, a TRL-signature callable).
       weight: the term's weight.
       gamma, cost, eps: the VOC term's settings (RaM: 0.1, "log", 1e-4).
+      scorer: whose log-probs the VOC term reads: "base", the frozen starting policy (a fixed
+        reward model), or "policy", the policy being trained (RaM's expert iteration scores with its
+        current policy). Under a policy gradient "policy" feeds back on itself: a direct answer
+        pushed down where thinking pays more lowers p(y | x), which raises every thought's reward.
       function: "package.module:name" of a callable `fn(prompts, completions, **columns) -> list[float]`.
     """
 
@@ -47,6 +51,7 @@ class RewardTerm:
     gamma: float = 0.1
     cost: Literal["log", "linear"] = "log"
     eps: float = 1e-4
+    scorer: Literal["base", "policy"] = "base"
     function: str | None = None
 
     def __post_init__(self):
@@ -57,6 +62,8 @@ class RewardTerm:
                              f"takes one (got kind {self.kind!r}, function {self.function!r})")
         if self.function is not None and ":" not in self.function:
             raise ValueError(f"reward function {self.function!r} must be written package.module:name")
+        if self.scorer not in ("base", "policy"):
+            raise ValueError(f"reward scorer {self.scorer!r} is not 'base' or 'policy'")
         if self.cost not in COSTS or self.gamma < 0 or self.eps <= 0:
             raise ValueError(f"voc reward needs cost in {sorted(COSTS)}, gamma >= 0 and eps > 0; got cost "
                              f"{self.cost!r}, gamma {self.gamma}, eps {self.eps}")
@@ -81,8 +88,10 @@ class RewardTerm:
 
 
 def reward_columns(policy: Policy, questions: Sequence[Example], completions: Sequence[Completion], *,
-                   needs_voc: bool, fewshot: Sequence[Example] = (), score_batch_size: int = 64) -> dict[str, list]:
-    """The batch's columns, one entry per completion (see the module docstring)."""
+                   voc_scorer: Policy | None = None, fewshot: Sequence[Example] = (), score_batch_size: int = 64
+                   ) -> dict[str, list]:
+    """The batch's columns, one entry per completion (see the module docstring); the VOC columns
+    only with a `voc_scorer`, the policy whose forward pass scores the chains."""
     rows = [questions[c.prompt_index] for c in completions]
     columns = {
         "question": [q.question for q in rows], "answer": [q.answer for q in rows],
@@ -91,9 +100,9 @@ def reward_columns(policy: Policy, questions: Sequence[Example], completions: Se
         "num_tokens": [c.num_tokens for c in completions],
         "correct": [grade_example(c.text, q) for c, q in zip(completions, rows)],
     }
-    if needs_voc:
+    if voc_scorer is not None:
         chains = [(c.prompt_index, sampled_thought(policy, c.ids), len(c.ids)) for c in completions]
-        scores = score_chains(policy, questions, chains, fewshot=fewshot, batch_size=score_batch_size)
+        scores = score_chains(voc_scorer, questions, chains, fewshot=fewshot, batch_size=score_batch_size)
         columns.update(logp_with_chain=scores.logp_with_chain.tolist(), logp_direct=scores.logp_direct.tolist(),
                        chain_tokens=scores.chain_tokens.tolist())
     return columns

@@ -40,15 +40,14 @@ from metajax.sampling.rollouts import Rollouts, completions, rollout
 from metajax.train.checkpoint import Checkpointer
 from metajax.train.losses import PolicyGradientLoss
 from metajax.train.optim import OptimizerConfig, make_optimizer, make_schedule
-from metajax.train.state import TrainState, init_train_state
+from metajax.train.state import init_train_state
 from metajax.train.step import check_finite, make_train_step
 
 
 @dataclasses.dataclass(frozen=True)
 class GRPOConfig:
     """GRPO / Dr. GRPO settings, under the names TRL and Tunix use. The defaults are Dr. GRPO's recipe
-    (arXiv 2503.20783, understand-r1-zero; PAPERS.md section 3) where it has one; the learning rate
-    (Dr. GRPO: 1e-6, constant) is `train.learning_rate` with `train.schedule: constant`.
+    (arXiv 2503.20783, understand-r1-zero; PAPERS.md section 3) where it has one.
 
     Attributes:
       max_steps: rollout-and-update steps.
@@ -76,6 +75,10 @@ class GRPOConfig:
         another dtype or cache precision than training).
       save_steps: checkpoint every this many steps (and after the last).
       score_batch_size: sequences per scoring call of a VOC reward.
+      learning_rate, lr_scheduler_type: the optimizer's peak rate and schedule for this loop (Dr.
+        GRPO: 1e-6, "constant"); None takes `train.learning_rate` / `train.schedule`, the rest of the
+        optimizer always comes from `train`. A run that trains RaM's SFT and GRPO side by side gives
+        each its own rate this way.
     """
 
     max_steps: int = 100
@@ -96,6 +99,8 @@ class GRPOConfig:
     recompute_logprobs: bool = False
     save_steps: int = 20
     score_batch_size: int = 64
+    learning_rate: float | None = None
+    lr_scheduler_type: Literal["linear", "constant", "cosine"] | None = None
 
     def __post_init__(self):
         for name in ("max_steps", "prompts_per_step", "num_generations", "num_iterations",
@@ -115,6 +120,13 @@ class GRPOConfig:
             raise ValueError(f"grpo.epsilon and grpo.beta must be >= 0; got {self.epsilon}, {self.beta}")
         if not self.rewards:
             raise ValueError("grpo.rewards needs at least one term, e.g. [{kind: correctness}]")
+        if len({term.scorer for term in self.rewards if term.kind == "voc"}) > 1:
+            raise ValueError("grpo.rewards: every voc term must use the same scorer")
+
+    def optimizer(self, train: OptimizerConfig) -> OptimizerConfig:
+        """`train` with this loop's learning rate and schedule."""
+        return dataclasses.replace(train, learning_rate=train.learning_rate if self.learning_rate is None
+                                   else self.learning_rate, schedule=self.lr_scheduler_type or train.schedule)
 
     @property
     def updates_per_step(self) -> int:
@@ -127,12 +139,14 @@ def run_grpo(base: Policy, questions: Sequence[Example], config: GRPOConfig, opt
              compute_dtype=None, progress: bool = True) -> Policy:
     """Trains `base` with GRPO / Dr. GRPO on `questions`; returns the final policy.
 
+    `optim` is the run's `train` section (`GRPOConfig.optimizer` applies the loop's own rate).
     Resumes from the latest checkpoint in `out_dir/checkpoints` (written by the same settings).
     Metrics of every step go to `metrics` under stage "grpo/step".
     """
     if not questions:
         raise ValueError("GRPO needs training questions; none were loaded")
     out_dir.mkdir(parents=True, exist_ok=True)
+    optim = config.optimizer(optim)
     optimizer = make_optimizer(optim)
     schedule = make_schedule(optim, config.max_steps * config.updates_per_step)
     loss = PolicyGradientLoss(kind=config.loss_type, clip_eps=config.epsilon, max_tokens=config.max_completion_length,
@@ -141,49 +155,40 @@ def run_grpo(base: Policy, questions: Sequence[Example], config: GRPOConfig, opt
                               grad_accum=config.gradient_accumulation_steps, skip_nonfinite=optim.skip_nonfinite)
     state = init_train_state(base.params, optimizer, jax.random.key(seed))
     prompts = _Prompts(base, questions, fewshot, seed)
-    needs_voc = any(term.kind == "voc" for term in config.rewards)
+    scorers = {term.scorer for term in config.rewards if term.kind == "voc"}
     with Checkpointer(out_dir / "checkpoints", max_to_keep=2) as checkpointer:
         if checkpointer.latest_step() is not None:
             state, saved = checkpointer.restore(like=state)
             print(f"[grpo] resuming after step {saved['step']} (data position {saved['data_position']})")
-        bar = tqdm(total=config.max_steps, initial=int(state.step) // config.updates_per_step, desc="grpo",
-                   disable=not progress)
-        for step in range(int(state.step) // config.updates_per_step, config.max_steps):
+        first = int(state.step) // config.updates_per_step
+        bar = tqdm(total=config.max_steps, initial=first, desc="grpo", disable=not progress)
+        for step in range(first, config.max_steps):
             key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), step)
-            started = time.perf_counter()
+            times = [time.perf_counter()]
             policy = base.with_params(state.params)
             indices = prompts.indices(step, config.prompts_per_step)
             rows = rollout(policy, [prompts.tokens(i) for i in indices], max_new_tokens=config.max_completion_length,
                            n_samples=config.num_generations, temperature=config.temperature, top_p=config.top_p,
                            top_k=config.top_k, opening=policy.opening(config.rollout_prompting),
                            rng=jax.random.fold_in(key, 0), mesh=mesh)
-            done = list(completions(policy, rows))
-            sampled = time.perf_counter()
+            done = completions(policy, rows)
+            times.append(time.perf_counter())
 
-            picked = [questions[i] for i in indices]
-            columns = reward_columns(policy, picked, done, needs_voc=needs_voc, fewshot=fewshot,
-                                     score_batch_size=config.score_batch_size)
+            scorer = None if not scorers else base if scorers == {"base"} else policy
+            columns = reward_columns(policy, [questions[i] for i in indices], done, voc_scorer=scorer,
+                                     fewshot=fewshot, score_batch_size=config.score_batch_size)
             reward, parts = total_reward(config.rewards, [prompts.text(indices[c.prompt_index]) for c in done],
                                          [c.text for c in done], columns)
-            advantages = np.asarray(group_advantages(reward.reshape(len(indices), config.num_generations),
-                                                     kind=config.loss_type)).reshape(-1)
-            batch = _train_batch(base, state, rows, advantages, config)
-            scored = time.perf_counter()
+            advantages = group_advantages(reward.reshape(len(indices), config.num_generations), kind=config.loss_type)
+            batch = policy_gradient_batch(base, state.params, rows, np.asarray(advantages).reshape(-1), config)
+            times.append(time.perf_counter())
 
-            update_metrics = []
-            for epoch in range(config.num_iterations):
-                order = jax.random.permutation(jax.random.fold_in(key, 1 + epoch), len(rows))
-                mini = config.mini_batch_size or len(rows)
-                for start in range(0, len(rows), mini):
-                    mini_batch = {k: v[order[start:start + mini]] for k, v in batch.items()}
-                    state, m = step_fn(state, mini_batch, schedule(int(state.step)))
-                    update_metrics.append(m)
-            update_metrics = [{k: float(v) for k, v in to_host(m).items()} for m in update_metrics]
-            for m in update_metrics:
-                check_finite(m, stage="grpo", step=step + 1, skip_nonfinite=optim.skip_nonfinite)
-            updated = time.perf_counter()
+            state, updates = _update(state, batch, step_fn, schedule, config, key)
+            for update in updates:
+                check_finite(update, stage="grpo", step=step + 1, skip_nonfinite=optim.skip_nonfinite)
+            times.append(time.perf_counter())
 
-            record = _step_metrics(reward, parts, columns, done, update_metrics, (started, sampled, scored, updated),
+            record = _step_metrics(reward, parts, columns, done, updates, times,
                                    trained_tokens=config.num_iterations * int(to_host(rows.attention_mask).sum()))
             if metrics is not None:
                 metrics.write(step + 1, record, stage="grpo/step")
@@ -195,6 +200,21 @@ def run_grpo(base: Policy, questions: Sequence[Example], config: GRPOConfig, opt
                                   metadata={"step": step + 1, "data_position": (step + 1) * config.prompts_per_step})
         bar.close()
     return base.with_params(state.params)
+
+
+def _update(state, batch: dict, step_fn, schedule, config: GRPOConfig, key) -> tuple[object, list[dict]]:
+    """`num_iterations` epochs of clipped updates over shuffled mini-batches of one step's rollouts;
+    returns the new state and each update's metrics (host floats)."""
+    size = len(batch["advantages"])
+    mini = config.mini_batch_size or size
+    metrics = []
+    for epoch in range(config.num_iterations):
+        order = jax.random.permutation(jax.random.fold_in(key, 1 + epoch), size)
+        for start in range(0, size, mini):
+            mini_batch = {k: v[order[start:start + mini]] for k, v in batch.items()}
+            state, m = step_fn(state, mini_batch, schedule(int(state.step)))
+            metrics.append(m)
+    return state, [{k: float(v) for k, v in to_host(m).items()} for m in metrics]
 
 
 class _Prompts:
@@ -226,13 +246,15 @@ class _Prompts:
         return self._policy.decode(self.tokens(index))
 
 
-def _train_batch(base: Policy, state: TrainState, rows: Rollouts, advantages: np.ndarray, config: GRPOConfig) -> dict:
-    """The policy-gradient batch of one step's rollouts (device arrays, sharded as they were sampled)."""
+def policy_gradient_batch(base: Policy, params, rows: Rollouts, advantages: np.ndarray, config: GRPOConfig) -> dict:
+    """The `PolicyGradientLoss` batch of one step's rollouts: device arrays, sharded as they were
+    sampled. `params` (the policy being trained) recompute the behaviour log-probs only when
+    `config.recompute_logprobs`; `base` is the KL reference when `config.beta` > 0."""
     batch = {"tokens": rows.tokens, "attention_mask": rows.attention_mask, "sampled": rows.sampled,
              "logprobs": rows.logprobs, "temperature": rows.temperature,
              "advantages": jnp.asarray(advantages, jnp.float32)}
     if config.recompute_logprobs:
-        logp, _ = token_logprobs(state.params, base.cfg, rows.tokens, attention_mask=rows.attention_mask,
+        logp, _ = token_logprobs(params, base.cfg, rows.tokens, attention_mask=rows.attention_mask,
                                  temperature=rows.temperature)
         batch["logprobs"] = jnp.where(rows.sampled, logp, 0.0)
     if config.beta > 0:
@@ -243,7 +265,8 @@ def _train_batch(base: Policy, state: TrainState, rows: Rollouts, advantages: np
 
 
 def _step_metrics(reward, parts, columns, done, updates, times, *, trained_tokens: int) -> dict[str, float]:
-    """One step's metrics: the reward and its terms, the rollouts, the updates and where the time went."""
+    """One step's metrics: the reward and its terms, the rollouts, the updates and where the time went
+    (`times`: when the step started, and when sampling, scoring and updating ended)."""
     started, sampled, scored, updated = times
     lengths = np.array([c.num_tokens for c in done])
     generated = sum(len(c.ids) for c in done)

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
+from metajax.host import to_host
 from metajax.models.config import ModelConfig, config_from_hf, config_to_hf
 from metajax.models.transformer import Params, is_param_spec, param_specs
 
@@ -244,10 +245,7 @@ def _hf_tensors(params: Params, cfg: ModelConfig, dtype) -> Iterator[tuple[str, 
 
 
 def _to_host(x: jax.Array, dtype) -> np.ndarray:
-    if not x.is_fully_addressable:
-        from jax.experimental import multihost_utils
-        x = multihost_utils.process_allgather(x, tiled=True)
-    x = np.asarray(jax.device_get(x))
+    x = to_host(x)
     return x if dtype is None else x.astype(jnp.dtype(dtype))
 
 

@@ -104,14 +104,17 @@ def generate(params: Params, cfg: ModelConfig, prompts, *, max_new_tokens: int,
       max_prompt_len: longest prompt accepted (default: what fits cfg.max_position_embeddings).
 
     The recorded log-probabilities are those of the tempered distribution before the top-k / top-p
-    filter, the same quantity a teacher-forced forward at that temperature computes
-    (`metajax.models.token_logprobs`), so a policy-gradient ratio against them is exactly 1 on
-    policy. The filter decides which tokens can be drawn, not how a drawn token is scored: the
-    filtered distribution's log-probability differs only by the log of the kept mass, a per-step
-    constant that the trainer's forward cannot know without repeating the filter. TRL makes the same
-    choice (its log-probs divide the logits by the temperature, with no top-k / top-p); Tunix
-    recomputes them with a forward pass of the model. Use top_p = 1 and top_k = 0 (Dr. GRPO's
-    recipe) for a policy gradient on exactly the sampling distribution.
+    filter: log softmax(logits / T), the quantity a teacher-forced forward at that temperature
+    computes (`metajax.models.token_logprobs`), so a policy-gradient ratio against them is exactly 1
+    on policy, and later epochs compare like with like. The filter decides which tokens can be
+    drawn, not how a drawn token is scored: the filtered distribution's log-probability differs by
+    the log of the kept mass, a per-step quantity the trainer's forward cannot know without repeating
+    the filter. TRL scores with logits / T and no filter, by a forward pass. Tunix 0.1.7 uses its
+    training forward at logits / T when num_iterations = 1, but its separate old-log-prob pass for
+    num_iterations > 1 leaves the temperature out (T = 1), so its ratio is off policy from the first
+    update at any T != 1 (`benchmarks/tunix_grpo_step.py` cites the code). Here the sampler's own
+    numbers are stored, no extra pass is needed, and they match the trainer's at every T. Use
+    top_p = 1 and top_k = 0 (Dr. GRPO's recipe) for a gradient on exactly the sampling distribution.
     """
     rows = _prompt_rows(prompts, prompt_lengths)
     num_prompts, batch = len(rows), len(rows) * n_samples
