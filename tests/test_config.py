@@ -75,10 +75,16 @@ def test_base_files_merge(tmp_path):
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
-def test_shipped_configs_have_valid_keys_and_types(path):
-    # Paper configs point at checkpoints and data a user provides; keys and types must be right anyway.
+def test_shipped_configs_validate_or_fail_only_on_missing_files(path, monkeypatch):
+    # Paper configs point at checkpoints and data a user provides; everything else must be right.
+    from metajax.pipelines import TASKS
+    monkeypatch.chdir(path.parents[1])
     config = build(Config, _read_yaml(path), "")
-    assert config.task in ("ram", "star", "eval", "toy_pretrain", "convert")
+    assert config.task in TASKS
+    try:
+        load_config(path)
+    except ConfigError as e:
+        assert re.match(r"(model\.path: \S+ has no config\.json|data\.\w+_path: \S+ does not exist)", str(e)), e
 
 
 def _cli(*args, cwd):

@@ -17,6 +17,7 @@ from metajax.rewards.voc import voc_reward
 from metajax.train.checkpoint import Checkpointer
 from metajax.train.optim import OptimizerConfig
 from metajax.train import sft_batches, sft_loss_terms
+from metajax.train.step import compile_counts as step_compile_counts
 
 pytestmark = pytest.mark.skipif(not (TOY_MODEL_DIR / "config.json").is_file(), reason="toy model not built")
 
@@ -131,7 +132,10 @@ def _sft_loss(policy, params, sequences):
 def test_loop_trains_checkpoints_and_resumes_identically(setup, tmp_path):
     policy, questions = setup
     key = jax.random.key(3)
+    step_compile_counts.clear()
     full = run_expert_iteration(policy, questions, TINY, OPTIM, tmp_path / "full", rng=key)
+    # Both rounds share one compiled SFT step per batch shape (the rounds differ in length).
+    assert step_compile_counts and all(n == 1 for n in step_compile_counts.values()), step_compile_counts
 
     # The SFT loss on the last iteration's kept rows falls from the base model to the trained one.
     import json
