@@ -165,8 +165,25 @@ def _cell(value: object) -> str:
 
 
 def machine_summary() -> str:
-    """One line naming the backend, its devices, the host's cores and their load (timings taken
-    while other processes compete for the cores are slower and noisier)."""
+    """One line naming the backend, its devices, the CPU (model and vector extensions: the sessions'
+    machines differ) and the load (timings taken while other processes compete are slower and noisier)."""
     devices = jax.devices()
     return (f"jax {jax.__version__} on {devices[0].platform} ({len(devices)} x {devices[0].device_kind}), "
-            f"{os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}")
+            f"{cpu_summary()}, load average {os.getloadavg()[0]:.1f}")
+
+
+def cpu_summary() -> str:
+    """The CPU model, core count and the vector flags that decide matmul speed (from /proc/cpuinfo)."""
+    model, flags = "unknown CPU", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+    except OSError:
+        pass
+    vector = [f for f in ("avx", "avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16") if f in flags]
+    return f"{model}, {os.cpu_count()} cores, flags {' '.join(vector) or 'none of avx/avx2/avx512/amx'}"
