@@ -51,13 +51,18 @@ def main() -> None:
     parser.add_argument("--prompt-len", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--steps", type=int, default=4, help="steps per system; the first (compiling) is not timed")
+    parser.add_argument("--micro-prompts", type=int, default=2,
+                        help="prompts per gradient-accumulation micro-batch in both systems (x G sequences): "
+                             "the ~125M update on all 128 sequences at once needs ~37 GB")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     parser.add_argument("--small", action="store_true", help="a tiny model: a smoke run in seconds")
     parser.add_argument("--tunix-python", help="python of a venv with google-tunix==0.1.7 (omit: metajax only)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    if min(args.prompts, args.generations, args.prompt_len, args.new_tokens) < 1 or args.steps < 2:
+    if min(args.prompts, args.generations, args.prompt_len, args.new_tokens, args.micro_prompts) < 1 or args.steps < 2:
         raise SystemExit("sizes must be >= 1 and --steps >= 2 (the first step compiles)")
+    if args.prompts % args.micro_prompts:
+        raise SystemExit(f"--micro-prompts {args.micro_prompts} must divide --prompts {args.prompts}")
 
     cfg = reference_config(small=args.small, max_position_embeddings=max(2048, args.prompt_len + args.new_tokens))
     params = init_params(cfg, jax.random.key(args.seed), dtype=DTYPES[args.dtype])
@@ -66,7 +71,8 @@ def main() -> None:
     print(machine_summary())
     print(f"model: Llama, {cfg.num_params:,} parameters (hidden {cfg.hidden_size}, {cfg.num_layers} layers, vocab "
           f"{cfg.vocab_size}), {args.dtype}; {args.prompts} prompts x G={args.generations}, {args.prompt_len}-token "
-          f"prompts, {args.new_tokens} new tokens")
+          f"prompts, {args.new_tokens} new tokens; one update per step, accumulated over micro-batches of "
+          f"{args.micro_prompts * args.generations} sequences")
 
     ours = metajax_steps(params, cfg, prompts, args)
     rows = [["metajax", *(statistics.median(ours[k]) for k in ("sample", "score", "update", "step"))]]
@@ -90,7 +96,8 @@ def metajax_steps(params, cfg, prompts, args) -> dict[str, list[float]]:
                       max_completion_length=args.new_tokens)
     optim = OptimizerConfig(learning_rate=1e-6, schedule="constant", warmup_fraction=0.0)
     optimizer = make_optimizer(optim)
-    step_fn = make_train_step(cfg, optimizer, PolicyGradientLoss(kind="dr_grpo", max_tokens=args.new_tokens))
+    step_fn = make_train_step(cfg, optimizer, PolicyGradientLoss(kind="dr_grpo", max_tokens=args.new_tokens),
+                              grad_accum=args.prompts // args.micro_prompts)
     state = init_train_state(params, optimizer, jax.random.key(args.seed))
     times = {k: [] for k in ("sample", "score", "update", "step")}
     for step in range(args.steps):
@@ -126,7 +133,7 @@ def tunix_steps(params, cfg, prompts, args) -> dict:
         command = [args.tunix_python, script, "--model-dir", os.path.join(tmp, "model"),
                    "--prompts", os.path.join(tmp, "prompts.json"), "--num-generations", str(args.generations),
                    "--max-new-tokens", str(args.new_tokens), "--steps", str(args.steps), "--pad-id", "0",
-                   "--eos-id", "1", "--temperature", "1.0"]
+                   "--eos-id", "1", "--temperature", "1.0", "--micro-prompts", str(args.micro_prompts)]
         result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode:
         raise SystemExit(f"the Tunix run failed ({result.returncode}):\n{result.stderr[-3000:]}")

@@ -133,6 +133,8 @@ def main():
     # tiny models, where a step is of that order, use --warmup-steps 2.
     ap.add_argument("--warmup-steps", type=int, default=1, help="leading steps left out of the stats")
     ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--micro-prompts", type=int, default=None,
+                    help="prompts per gradient-accumulation micro-batch (default: all in one)")
     ap.add_argument("--pad-id", type=int, default=None, help="default: config.json pad_token_id, else 0")
     ap.add_argument("--eos-id", type=int, default=None, help="default: config.json eos_token_id(s), else 1")
     ap.add_argument("--tokenizer-dir", default=None,
@@ -177,7 +179,13 @@ def main():
         actor_optimizer=optax.adamw(1e-6),
         eval_every_n_steps=10**9,  # no eval
         max_steps=args.steps,
-        # mini_batch_size None: the whole B*G batch is one mini-batch, i.e. one optimizer update.
+        # One mini-batch of all B prompts (x G completions), i.e. one optimizer update per step,
+        # accumulated over micro-batches of --micro-prompts prompts. Rollout micro-batches would
+        # default to the training ones; keep the whole batch in one generate call instead.
+        mini_batch_size=len(prompts),
+        train_micro_batch_size=args.micro_prompts or len(prompts),
+        rollout_micro_batch_size=len(prompts),
+        compute_logps_micro_batch_size=args.micro_prompts or len(prompts),
     )
     # Actor and rollout on the same mesh: Tunix shares the weights (no weight sync, no async rollout).
     cluster_config = rl_cluster_lib.ClusterConfig(
