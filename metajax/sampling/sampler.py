@@ -30,6 +30,7 @@ from metajax.batching import bucket, pad_rows
 from metajax.host import to_host
 from metajax.models.config import ModelConfig
 from metajax.models.transformer import Params, decode_step, prefill
+from metajax.sampling.stop_text import StopText, advance, initial_state
 
 _FREE, _FORCING, _ANSWER, _DONE = 0, 1, 2, 3
 
@@ -42,6 +43,7 @@ class StopReason(enum.IntEnum):
     STOP_TOKEN = 0  # sampled one of `stop_tokens` (included in the output)
     BUDGET = 1  # spent the row's own budget
     MAX_LENGTH = 2  # spent `max_new_tokens`
+    STOP_STRING = 3  # the text reached a stop string (`stop_text`; the token that completed it is kept)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +84,7 @@ def generate(params: Params, cfg: ModelConfig, prompts, *, max_new_tokens: int,
              stop_tokens: Sequence[int] = (), rng: jax.Array | None = None, mesh=None,
              n_samples: int = 1, prompt_lengths=None, pad_id: int = 0,
              forced_ending: Sequence[int] = (), answer_allowance: int = 0,
-             cache_dtype=None, max_prompt_len: int | None = None) -> Samples:
+             cache_dtype=None, max_prompt_len: int | None = None, stop_text: StopText | None = None) -> Samples:
     """Samples `n_samples` continuations of each prompt.
 
     Args:
@@ -102,6 +104,8 @@ def generate(params: Params, cfg: ModelConfig, prompts, *, max_new_tokens: int,
       answer_allowance: sampled tokens allowed after the forced ending (until a stop token).
       cache_dtype: dtype of the KV cache (e.g. jnp.bfloat16 with fp32 params); default the params'.
       max_prompt_len: longest prompt accepted (default: what fits cfg.max_position_embeddings).
+      stop_text: stop strings matched as the text grows (`metajax.sampling.stop_text`), like stop
+        tokens: a row ends on the token that completes one.
 
     The recorded log-probabilities are those of the tempered distribution before the top-k / top-p
     filter: log softmax(logits / T), the quantity a teacher-forced forward at that temperature
@@ -157,7 +161,7 @@ def generate(params: Params, cfg: ModelConfig, prompts, *, max_new_tokens: int,
         # Dummy prompts of the bucket get budget -1: they start finished and never run a forced phase.
         prompts=tokens, prompt_mask=mask, budgets=grid(budgets, -1), temperatures=grid(temps, 0.0),
         limits=np.array([max_new_tokens, len(forced_ending), answer_allowance], np.int32),
-        top_p=np.float32(top_p), top_k=np.int32(top_k), stop_tokens=stops, forced_ending=forced)
+        top_p=np.float32(top_p), top_k=np.int32(top_k), stop_tokens=stops, forced_ending=forced, stop_text=stop_text)
     core = partial(_generate_core, cfg=cfg, n_samples=n_samples, cache_len=cache_len, cache_dtype=cache_dtype)
     if mesh is None:
         out = core(params, rng=rng, **inputs)
@@ -183,7 +187,8 @@ _BATCHED = ("prompts", "prompt_mask", "budgets", "temperatures")
 
 @partial(jax.jit, static_argnames=("cfg", "n_samples", "cache_len", "cache_dtype"))
 def _generate_core(params, *, cfg: ModelConfig, n_samples: int, cache_len: int, cache_dtype, prompts,
-                   prompt_mask, budgets, temperatures, limits, top_p, top_k, stop_tokens, forced_ending, rng):
+                   prompt_mask, budgets, temperatures, limits, top_p, top_k, stop_tokens, forced_ending, rng,
+                   stop_text):
     """The compiled generation program; arrays are [prompts, n_samples, ...] on the bucketed grid."""
     compile_counts[(prompts.shape, n_samples, cache_len)] += 1
     max_new, forced_len, allowance = limits[0], limits[1], limits[2]
@@ -208,6 +213,8 @@ def _generate_core(params, *, cfg: ModelConfig, n_samples: int, cache_len: int, 
         logprobs=jnp.zeros((*grid, cache_len), jnp.float32),
         forced=jnp.zeros((*grid, cache_len), bool),
     )
+    if stop_text is not None:
+        state["tail"], state["armed"] = initial_state(stop_text, grid)
 
     def cond(s):
         return (s["step"] < cache_len) & jnp.any(s["phase"] != _DONE)
@@ -226,7 +233,13 @@ def _generate_core(params, *, cfg: ModelConfig, n_samples: int, cache_len: int, 
             return jax.lax.dynamic_update_slice_in_dim(buffer, jnp.where(active, value, jnp.zeros((), buffer.dtype))[..., None].astype(buffer.dtype), step, axis=2)
 
         count = s["phase_count"] + active
-        hit_stop = jnp.any(token[..., None] == stop_tokens, axis=-1) & (phase != _FORCING)
+        stop_token = jnp.any(token[..., None] == stop_tokens, axis=-1)
+        hit_text = jnp.zeros_like(stop_token)
+        extra = {}
+        if stop_text is not None:  # forced tokens extend the text too (a forced "[Assistant]" arms the line stop)
+            tail, armed, hit_text = advance(stop_text, s["tail"], s["armed"], token)
+            extra = dict(tail=jnp.where(active[..., None], tail, s["tail"]), armed=jnp.where(active, armed, s["armed"]))
+        hit_stop = (stop_token | hit_text) & (phase != _FORCING)
         free_over = (phase == _FREE) & (hit_stop | (count >= free_limit))
         forcing_over = (phase == _FORCING) & (count >= forced_len)
         answer_over = (phase == _ANSWER) & (hit_stop | (count >= allowance))
@@ -240,9 +253,10 @@ def _generate_core(params, *, cfg: ModelConfig, n_samples: int, cache_len: int, 
             phase_count=jnp.where(changed, 0, count),
             budget_tokens=s["budget_tokens"] + (phase == _FREE),
             lengths=s["lengths"] + active,
-            stop_reason=jnp.where((phase == _FREE) & hit_stop, StopReason.STOP_TOKEN, s["stop_reason"]),
+            stop_reason=jnp.where((phase == _FREE) & hit_stop,
+                                  jnp.where(stop_token, StopReason.STOP_TOKEN, StopReason.STOP_STRING), s["stop_reason"]),
             tokens=write(s["tokens"], token), logprobs=write(s["logprobs"], token_logprob),
-            forced=write(s["forced"], is_forced),
+            forced=write(s["forced"], is_forced), **extra,
         )
         new["logits"], new["cache"] = decode_step(params, cfg, token, prompt_len + step, s["cache"], step)
         return new
