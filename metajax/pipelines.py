@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from metajax.algorithms.expert_iteration import run_expert_iteration
 from metajax.algorithms.grpo import run_grpo
 from metajax.data.example import Example
+from metajax.data.fewshot import select_fewshot
 from metajax.eval.evaluate import evaluate, plot_tokens_by_difficulty, results_table, summarize, write_records
 from metajax.files import write_text_atomic
 from metajax.models import load_hf, save_hf
@@ -93,7 +94,9 @@ def evaluate_methods(config: Config, run_dir: Path, questions: Sequence[Example]
         write_records(run_dir / f"eval_{name}.jsonl", records)
         summaries[name] = summarize(records)
         if metrics is not None:
-            metrics.write(0, {k: v for k, v in summaries[name].items() if k != "by_difficulty"}, stage=f"eval/{name}")
+            scalars = {k: v for k, v in summaries[name].items() if not isinstance(v, dict)}
+            scalars.update({f"failure/{kind}": rate for kind, rate in summaries[name]["failures"].items()})
+            metrics.write(0, scalars, stage=f"eval/{name}")
     return summaries
 
 
@@ -151,15 +154,19 @@ def load_policy(config: Config, mesh=None) -> Policy:
 
     directory = _model_dir(config)
     if config.model.gguf is not None and not (directory / "config.json").is_file():
+        from metajax.config import gguf_file
         from metajax.models.gguf import gguf_to_hf
-        gguf_to_hf(config.model.gguf, directory)
+        gguf_to_hf(gguf_file(config.model.gguf), directory)
     params, cfg = load_hf(directory, dtype=_dtype(config.model.dtype), mesh=mesh)
     tokenizer = AutoTokenizer.from_pretrained(str(directory))
-    return Policy.of(params, cfg, tokenizer)
+    policy = Policy.of(params, cfg, tokenizer, chat=config.prompting.chat, system_prompt=config.prompting.system_prompt)
+    print(f"[model] {directory}: {'chat template' if policy.prompt.chat else 'base-model text format'}")
+    return policy
 
 
 def load_questions(config: Config) -> tuple[list[Example], list[Example], list[Example]]:
-    """(train, eval, few-shot) questions for the configured dataset."""
+    """(train, eval, few-shot) questions for the configured dataset. No question is in two of them
+    (train and eval may be read from the same file)."""
     data = config.data
     if data.dataset == "toy":
         from metajax.data.toy import make_splits
@@ -172,8 +179,16 @@ def load_questions(config: Config) -> tuple[list[Example], list[Example], list[E
                            on_bad_row=data.on_bad_row)
     train = load_dataset(spec(data.train_path, "train")) if data.train_path or data.source != "local" else []
     held_out = load_dataset(spec(data.eval_path, "test"))
-    fewshot = [ex for ex in train[:data.fewshot] if ex.rationale]
-    return train[data.fewshot:], sample_examples(held_out, min(data.num_eval, len(held_out)), config.seed), fewshot
+    fewshot = select_fewshot(data.dataset, train, data.fewshot, where=f" in {data.train_path}" if data.train_path else "")
+    # Compared by content: ids name the split they were read as, so one row read twice has two.
+    def key(ex):
+        return ex.question, ex.choices
+
+    shots = {key(ex) for ex in fewshot}
+    held_out = [ex for ex in held_out if key(ex) not in shots]
+    evaluated = sample_examples(held_out, min(data.num_eval, len(held_out)), config.seed)
+    excluded = shots | {key(ex) for ex in evaluated}
+    return [ex for ex in train if key(ex) not in excluded], evaluated, fewshot
 
 
 def _model_dir(config: Config) -> Path:
@@ -211,10 +226,11 @@ def run_toy_pretrain_pipeline(config: Config, run_dir: Path) -> dict:
 
 def run_convert_pipeline(config: Config, run_dir: Path) -> dict:
     """`task: convert`: write `model.gguf` as a Hugging Face checkpoint directory `run_dir/hf_model`."""
+    from metajax.config import gguf_file
     from metajax.models.gguf import gguf_to_hf
     if config.model.gguf is None:
         raise ValueError("task convert needs model.gguf: the GGUF file to convert")
-    out = gguf_to_hf(config.model.gguf, run_dir / "hf_model")
+    out = gguf_to_hf(gguf_file(config.model.gguf), run_dir / "hf_model")
     print(f"wrote {out}")
     return {"checkpoint": str(out)}
 

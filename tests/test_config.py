@@ -64,6 +64,25 @@ def test_bad_overrides_name_the_key(override, message):
         load_config(None, [override])
 
 
+@pytest.mark.parametrize("dataset, path, message", [
+    # GSM8K train has no offline source: the error names the Hub route, not the prepare script.
+    ("gsm8k", "nowhere/gsm8k/train.jsonl", r"no offline source has this file: set data.source: hf .*hub openai/gsm8k "
+                                           r"config main.*writes only gsm8k test"),
+    ("gsm8k", "nowhere/gsm8k/test.jsonl", r"run `python -m metajax.data.prepare --out nowhere` to write it"),
+    ("proofwriter", "p.jsonl", r"no offline source.*hub tasksource/proofwriter.*no installed package ships proofwriter offline"),
+])
+def test_missing_data_files_say_where_the_data_comes_from(dataset, path, message):
+    with pytest.raises(ConfigError, match=f"data.eval_path: {path} does not exist; {message}"):
+        load_config(None, [f"data.dataset={dataset}", f"data.eval_path={path}", "task=eval"])
+
+
+def test_prompting_section():
+    assert load_config(None).prompting.chat == "auto"
+    assert load_config(None, ["prompting.chat=false", "prompting.system_prompt=Be brief."]).prompting.chat is False
+    with pytest.raises(ConfigError, match=r"prompting.chat: 'sometimes' fits none of"):
+        load_config(None, ["prompting.chat=sometimes"])
+
+
 def test_base_files_merge(tmp_path):
     (tmp_path / "base.yaml").write_text("seed: 3\nexpert_iteration:\n  iterations: 5\n  gamma: 0.2\n")
     (tmp_path / "child.yaml").write_text("base: base.yaml\nexpert_iteration:\n  iterations: 1\n")
@@ -85,6 +104,11 @@ def test_shipped_configs_validate_or_fail_only_on_missing_files(path, monkeypatc
         load_config(path)
     except ConfigError as e:
         assert re.match(r"(model\.path: \S+ has no config\.json|data\.\w+_path: \S+ does not exist)", str(e)), e
+    if config.model.path.startswith("checkpoints/"):  # a published model: the error says how to get it
+        assert config.model.hub_id, "a paper config names the Hub model its checkpoint directory holds"
+        with pytest.raises(ConfigError, match=f"huggingface-cli download {config.model.hub_id} --local-dir "
+                                              f"{config.model.path}"):
+            load_config(path)
 
 
 def _cli(*args, cwd):

@@ -324,3 +324,85 @@ def test_straddle_hidden_by_trimmed_offsets_is_caught(bpe):
     assert bpe.encode("x: 36", add_special_tokens=False).offsets[-1] == (3, 5)  # trimmed " 36"
     with pytest.raises(TokenBoundaryError, match="between the prompt and the thought block"):
         encode_ram(tok, Q, None, "36", cfg=PromptConfig(chat=True))
+
+
+# Llama-3's own template (Llama-3.1-Instruct, trimmed of its tool-calling branches): the template
+# writes BOS, each turn ends with <|eot_id|>, and message content is trimmed.
+LLAMA3_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + "
+    "'<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}")
+LLAMA3_SPECIALS = ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
+                   "<|end_of_text|>"]
+
+
+@pytest.fixture(scope="module")
+def llama3_tok():
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(_sample_text(), trainers.BpeTrainer(
+        vocab_size=600, special_tokens=LLAMA3_SPECIALS, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    bos = tok.token_to_id("<|begin_of_text|>")
+    tok.post_processor = processors.TemplateProcessing(single="<|begin_of_text|> $A",
+                                                       special_tokens=[("<|begin_of_text|>", bos)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|begin_of_text|>",
+                                   eos_token="<|end_of_text|>", chat_template=LLAMA3_TEMPLATE)
+
+
+def test_chat_spans_llama3(llama3_tok):
+    # Inside Llama-3's template the scored answer is exactly the gold answer and the end of turn,
+    # and BOS comes once, from the template (the text format's tokenizer BOS is not added again).
+    cfg = PromptConfig(chat=True, system_prompt="Answer briefly.")
+    for thought in ("12*3=36", None):
+        enc = encode_ram(llama3_tok, Q, thought, "36", fewshot=(SHOT,), cfg=cfg)
+        full = llama3_tok.apply_chat_template(
+            [{"role": "system", "content": "Answer briefly."},
+             {"role": "user", "content": "What is 2+3?"},
+             {"role": "assistant", "content": "<thought> 2+3=5 </thought>\n5"},
+             {"role": "user", "content": "What is 12*3?"},
+             {"role": "assistant", "content": (f"<thought> {thought} </thought>\n" if thought else "") + "36"}],
+            tokenize=False)
+        assert enc.tokens == llama3_tok(full, add_special_tokens=False)["input_ids"]
+        bos = llama3_tok.convert_tokens_to_ids("<|begin_of_text|>")
+        assert enc.tokens[0] == bos and enc.tokens.count(bos) == 1
+        dec = lambda a, b: llama3_tok.decode(enc.tokens[a:b], skip_special_tokens=False)
+        assert dec(0, enc.prompt_len).endswith("What is 12*3?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
+        assert dec(*enc.thought_span) == (f"<thought> {thought} </thought>\n" if thought else "")
+        assert dec(*enc.target_span) == "36<|eot_id|>"
+        with_z, without_z = ram_scoring_pair(llama3_tok, Q, thought or "x", "36", fewshot=(SHOT,), cfg=cfg)
+        target = lambda s: [t for t, m in zip(s.tokens, s.target_mask) if m]
+        assert target(with_z) == target(without_z) == enc.tokens[enc.target_span[0]:enc.target_span[1]]
+        # The generation prompt the policy samples from is the scored sequence's prompt x.
+        assert encode_prompt(llama3_tok, PromptConfig(chat=True, system_prompt="Answer briefly."), Q,
+                             fewshot=(SHOT,)) == enc.tokens[:enc.prompt_len]
+
+
+def test_policy_chat_settings(llama3_tok, bpe):
+    from types import SimpleNamespace
+
+    from metajax.sampling.policy import Policy
+    eos = llama3_tok.convert_tokens_to_ids("<|end_of_text|>")
+    eot = llama3_tok.convert_tokens_to_ids("<|eot_id|>")
+    cfg = SimpleNamespace(eos_token_ids=(eos,), pad_token_id=None)
+    chat = Policy.of(None, cfg, llama3_tok, chat="auto", system_prompt="Be brief.")
+    assert chat.prompt.chat and chat.prompt.system_prompt == "Be brief."
+    assert chat.stop_ids == (eos, eot)  # the end of turn stops a completion too
+    ids = chat.prompt_ids(Q, (SHOT,))
+    assert ids == encode_prompt(llama3_tok, PromptConfig(chat=True, system_prompt="Be brief."), Q, (SHOT,))
+    assert "Be brief." in llama3_tok.decode(ids) and chat.opening("direct") == []
+    assert llama3_tok.decode(chat.opening("cot")) == "<thought>"
+    hinted = llama3_tok.decode(chat.prompt_ids(Q, style="star_hint"))
+    assert "(The correct answer is 36)" in hinted
+
+    text = Policy.of(None, cfg, llama3_tok, chat=False)
+    assert not text.prompt.chat and text.stop_ids == (eos,)
+    assert text.prompt_ids(Q) == encode_prompt(llama3_tok, PromptConfig(), Q)
+    assert Policy.of(None, cfg, bpe, chat="auto").prompt.chat is False  # no template: the text format
+    with pytest.raises(ValueError, match="no chat template"):
+        Policy.of(None, cfg, bpe, chat=True)
+    with pytest.raises(ValueError, match="system_prompt needs chat"):
+        Policy.of(None, cfg, bpe, chat="auto", system_prompt="Be brief.")

@@ -57,7 +57,7 @@ class AnswerPieces:
 
 def answer_pieces(policy: Policy, question: Example, fewshot: Sequence[Example] = ()) -> AnswerPieces:
     """x and y of `question` (after the `fewshot` blocks), span-exact (`metajax.data.prompts.encode_ram`)."""
-    enc = encode_ram(policy.tokenizer, question, None, question.answer, fewshot=fewshot)
+    enc = encode_ram(policy.tokenizer, question, None, question.answer, fewshot=fewshot, cfg=policy.prompt)
     (start, end), (target, _) = enc.answer_span, enc.target_span
     return AnswerPieces(tuple(enc.tokens[:enc.prompt_len]), tuple(enc.tokens[start:end]), target - start)
 
@@ -110,9 +110,11 @@ def score_chains(policy: Policy, questions: Sequence[Example], chains: Sequence[
 
 def training_row(policy: Policy, question: Example, thought: tuple[int, ...]) -> tuple[list[int], list[bool]]:
     """(tokens, loss_mask) of x + z + y + EOS, zero-shot: the prompt, the sampled thought tokens (none
-    for a direct answer), the gold answer block; the loss on everything after the prompt."""
+    for a direct answer), the gold answer block; the loss on everything after the prompt. In chat the
+    answer block already ends with the template's end of turn, which is the stop token there."""
     pieces = answer_pieces(policy, question)
-    completion = list(thought) + list(pieces.answer) + list(policy.stop_ids[:1])
+    ending = [] if policy.prompt.chat else list(policy.stop_ids[:1])
+    completion = list(thought) + list(pieces.answer) + ending
     return list(pieces.prompt) + completion, [False] * len(pieces.prompt) + [True] * len(completion)
 
 

@@ -26,8 +26,8 @@ import numpy as np
 from metajax.algorithms.chains import sampled_thought, score_chains, training_row
 from metajax.data.example import Example
 from metajax.data.graders import grade_example, split_ram_completion
-from metajax.data.prompts import PromptConfig, encode_prompt
 from metajax.files import write_jsonl_atomic
+from metajax.progress import phase
 from metajax.rewards.advantages import group_advantages, ram_keep_mask, star_keep_mask
 from metajax.rewards.voc import voc_reward
 from metajax.sampling.policy import Policy
@@ -132,7 +132,7 @@ class ScoredGroups:
 def sample_rollouts(policy: Policy, questions: Sequence[Example], config: ExpertIterationConfig, rng: jax.Array, *,
                     fewshot: Sequence[Example] = (), mesh=None) -> list[list[Rollout]]:
     """K rollouts per question (the first greedy, the rest tempered), wrong ones rationalised."""
-    prompts = [encode_prompt(policy.tokenizer, PromptConfig(style="ram"), q, fewshot) for q in questions]
+    prompts = [policy.prompt_ids(q, fewshot) for q in questions]
     opening = policy.opening(config.rollout_prompting)
     k = config.samples_per_question
     temperatures = np.full(k, config.temperature, np.float32)
@@ -145,8 +145,7 @@ def sample_rollouts(policy: Policy, questions: Sequence[Example], config: Expert
         return groups
     wrong = [(i, j) for i, group in enumerate(groups) for j, r in enumerate(group) if not r.correct]
     if wrong:
-        hint_cfg = PromptConfig(style="star_hint")
-        hinted = [encode_prompt(policy.tokenizer, hint_cfg, questions[i], fewshot) for i, _ in wrong]
+        hinted = [policy.prompt_ids(questions[i], fewshot, style="star_hint") for i, _ in wrong]
         retries = complete(policy, hinted, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
                            top_p=config.top_p, rng=jax.random.fold_in(rng, 1), batch_size=config.rollout_batch_size,
                            opening=opening, mesh=mesh, desc="rationalisation")
@@ -263,8 +262,11 @@ def run_expert_iteration(base: Policy, questions: Sequence[Example], config: Exp
             started = time.time()
             pool = list(questions[:(iteration + 1) * config.questions_per_iteration])
             key = jax.random.fold_in(rng, iteration)
-            rollouts = sample_rollouts(policy, pool, config, key, fewshot=fewshot, mesh=mesh)
-            groups = score_rollouts(policy, pool, rollouts, config, fewshot=fewshot)
+            label, step = config.filter, f"iteration {iteration + 1}/{config.iterations}"
+            with phase(label, f"{step}: {config.samples_per_question} rollouts of {len(pool)} questions"):
+                rollouts = sample_rollouts(policy, pool, config, key, fewshot=fewshot, mesh=mesh)
+            with phase(label, f"{step}: scoring the chains (VOC reward)"):
+                groups = score_rollouts(policy, pool, rollouts, config, fewshot=fewshot)
             rows = select_rows(groups, config)
             save_rows(out_dir / f"rows_iter{iteration + 1}.jsonl", policy, pool, rows)
             stats = group_statistics(groups, rows)

@@ -31,7 +31,6 @@ from tqdm.auto import tqdm
 
 from metajax.algorithms.completion_rewards import RewardTerm, reward_columns, total_reward
 from metajax.data.example import Example
-from metajax.data.prompts import PromptConfig, encode_prompt
 from metajax.host import to_host
 from metajax.models.logprobs import token_logprobs
 from metajax.rewards.advantages import group_advantages
@@ -238,8 +237,7 @@ class _Prompts:
 
     def tokens(self, index: int) -> list[int]:
         if index not in self._tokens:
-            self._tokens[index] = encode_prompt(self._policy.tokenizer, PromptConfig(style="ram"),
-                                                self._questions[index], self._fewshot)
+            self._tokens[index] = self._policy.prompt_ids(self._questions[index], self._fewshot)
         return self._tokens[index]
 
     def text(self, index: int) -> str:

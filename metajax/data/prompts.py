@@ -32,7 +32,8 @@ import tokenizers
 
 from metajax.data.example import Example
 
-USER_BLOCK = "[User] {}\n"
+USER_MARKER = "[User]"
+USER_BLOCK = USER_MARKER + " {}\n"
 THOUGHT_BLOCK = "<thought> {} </thought>\n"
 ANSWER_MARKER = "[Assistant]"
 # How a RaM-format completion is opened: "direct" forces the answer marker, "cot" forces a thought

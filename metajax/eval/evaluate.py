@@ -1,4 +1,14 @@
-"""Greedy evaluation of a policy: accuracy and generated tokens, overall and per difficulty."""
+"""Greedy evaluation of a policy: accuracy and generated tokens, overall and per difficulty.
+
+Grading is strict and lenient side by side. Strict: the completion keeps its format (a closed
+thought, if any, then the answer in its place: after "[Assistant]" in the text format, the rest of
+the assistant turn in chat) and the answer there is right. Lenient: the graders' documented
+fallback (`metajax.data.graders.final_answer_span`: the first "Answer:" line, else the whole text)
+also reads answers the model stated outside the format. Each completion that breaks the format gets
+one failure kind: "unclosed_thought" (a thought opened and never closed), "no_answer_marker" (the
+text format's "[Assistant]" never came), "cut_at_budget" (the answer was still running when the
+token budget ran out).
+"""
 
 from __future__ import annotations
 
@@ -8,17 +18,28 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from metajax.data.example import Example
-from metajax.data.graders import grade_example, split_ram_completion
-from metajax.data.prompts import PromptConfig, encode_prompt
+from metajax.data.graders import (ASSISTANT_MARKER, THOUGHT_CLOSE, THOUGHT_OPEN, USER_MARKER, extract_answer,
+                                   grade_example, split_ram_completion)
 from metajax.files import write_jsonl_atomic
 from metajax.sampling.policy import Policy
-from metajax.sampling.rollouts import complete
+from metajax.sampling.rollouts import Completion, complete
+from metajax.sampling.sampler import StopReason
+
+FAILURE_KINDS = ("unclosed_thought", "no_answer_marker", "cut_at_budget")
 
 
 @dataclasses.dataclass(frozen=True)
 class EvalRecord:
-    """One evaluated question: `num_tokens` generated (forced prefix included), `thought` whether the
-    completion reasoned before answering."""
+    """One evaluated question.
+
+    correct: strict (the format held and its answer is right); lenient_correct: by the fallback too.
+    num_tokens: generated, the forced opening included, up to the end of the answer line.
+    thought: whether the completion reasoned before answering.
+    completion: the text graded (cut after the answer line); raw_completion: all that was generated.
+    extracted: the answer the graders read (lenient), or None; gold: the gold answer.
+    failure: the format failure (`FAILURE_KINDS`), or None.
+    prompt: what the model saw, special tokens included (the chat template's, BOS).
+    """
 
     id: str
     difficulty: int | None
@@ -26,6 +47,12 @@ class EvalRecord:
     num_tokens: int
     thought: bool
     completion: str
+    lenient_correct: bool
+    raw_completion: str
+    extracted: str | None
+    gold: str
+    failure: str | None
+    prompt: str
 
 
 def evaluate(policy: Policy, examples: Sequence[Example], *, prompting: str = "policy", max_new_tokens: int = 512,
@@ -34,28 +61,51 @@ def evaluate(policy: Policy, examples: Sequence[Example], *, prompting: str = "p
     """Greedy completions of `examples`, graded (RaM paper: greedy, zero-shot, max 512 tokens).
 
     prompting: "policy" (the model decides whether to think), "cot" (a thought is forced open) or
-      "direct" (the answer marker is forced).
+      "direct" (the answer marker is forced, and the shots show answers only: direct few-shot).
     desc: the progress bar's label (None: no bar).
     """
-    opening = policy.opening(prompting)
-    prompts = [encode_prompt(policy.tokenizer, PromptConfig(style="ram"), ex, fewshot) for ex in examples]
+    if prompting == "direct":
+        fewshot = [dataclasses.replace(ex, rationale=None) for ex in fewshot]
+    prompts = [policy.prompt_ids(ex, fewshot) for ex in examples]
     completions = complete(policy, prompts, max_new_tokens=max_new_tokens, temperature=0.0, batch_size=batch_size,
-                           opening=opening, mesh=mesh, desc=desc)
-    records = []
-    for c in completions:
-        ex = examples[c.prompt_index]
-        thought, _ = split_ram_completion(c.text)
-        records.append(EvalRecord(id=ex.id, difficulty=ex.difficulty, correct=grade_example(c.text, ex),
-                                  num_tokens=c.num_tokens, thought=bool(thought), completion=c.text))
-    return records
+                           opening=policy.opening(prompting), mesh=mesh, desc=desc)
+    return [_record(c, examples[c.prompt_index], policy.decode(prompts[c.prompt_index], special=True),
+                    chat=policy.prompt.chat) for c in completions]
+
+
+def format_failure(completion: Completion, *, chat: bool) -> str | None:
+    """The first way `completion` breaks its format (`FAILURE_KINDS`), or None when it keeps it."""
+    head = completion.text.partition(USER_MARKER)[0]
+    before_answer = head if chat else head.partition(ASSISTANT_MARKER)[0]
+    if THOUGHT_OPEN in before_answer and THOUGHT_CLOSE not in before_answer:
+        return "unclosed_thought"
+    if not chat and ASSISTANT_MARKER not in head:
+        return "no_answer_marker"
+    answer_ended = (completion.stop_reason in (StopReason.STOP_TOKEN, StopReason.STOP_STRING)
+                    or (not chat and head.endswith("\n")))
+    return None if answer_ended else "cut_at_budget"
+
+
+def _record(c: Completion, ex: Example, prompt: str, *, chat: bool) -> EvalRecord:
+    failure = format_failure(c, chat=chat)
+    lenient = grade_example(c.text, ex)
+    thought, _ = split_ram_completion(c.text)
+    return EvalRecord(id=ex.id, difficulty=ex.difficulty, correct=lenient and failure is None, num_tokens=c.num_tokens,
+                      thought=bool(thought), completion=c.text, lenient_correct=lenient, raw_completion=c.raw_text,
+                      extracted=extract_answer(c.text, ex.answer_type, choices=ex.choices), gold=ex.answer,
+                      failure=failure, prompt=prompt)
 
 
 def summarize(records: Sequence[EvalRecord]) -> dict:
-    """{"accuracy", "mean_tokens", "thought_rate", "n", "by_difficulty": {level: {...}}}."""
+    """{"accuracy" (strict), "lenient_accuracy", "format_failure_rate", "failures": {kind: rate},
+    "mean_tokens", "thought_rate", "n", "by_difficulty": {level: {...}}}."""
     def stats(rs):
         n = len(rs)
-        return {"n": n, "accuracy": sum(r.correct for r in rs) / n, "mean_tokens": sum(r.num_tokens for r in rs) / n,
-                "thought_rate": sum(r.thought for r in rs) / n}
+        return {"n": n, "accuracy": sum(r.correct for r in rs) / n,
+                "lenient_accuracy": sum(r.lenient_correct for r in rs) / n,
+                "format_failure_rate": sum(r.failure is not None for r in rs) / n,
+                "failures": {kind: sum(r.failure == kind for r in rs) / n for kind in FAILURE_KINDS},
+                "mean_tokens": sum(r.num_tokens for r in rs) / n, "thought_rate": sum(r.thought for r in rs) / n}
 
     by_level = defaultdict(list)
     for r in records:
@@ -68,10 +118,12 @@ def summarize(records: Sequence[EvalRecord]) -> dict:
 def results_table(summaries: dict[str, dict]) -> str:
     """A Markdown table: one row per method, overall then per difficulty (accuracy / mean tokens)."""
     levels = sorted({lvl for s in summaries.values() for lvl in s["by_difficulty"] if lvl is not None})
-    header = ["method", "accuracy", "mean tokens", "thought rate"] + [f"d={lvl} acc / tok" for lvl in levels]
+    header = (["method", "accuracy", "lenient", "format failures", "mean tokens", "thought rate"]
+              + [f"d={lvl} acc / tok" for lvl in levels])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for method, s in summaries.items():
-        cells = [method, f"{100 * s['accuracy']:.1f}%", f"{s['mean_tokens']:.1f}", f"{100 * s['thought_rate']:.0f}%"]
+        cells = [method, f"{100 * s['accuracy']:.1f}%", f"{100 * s['lenient_accuracy']:.1f}%",
+                 f"{100 * s['format_failure_rate']:.1f}%", f"{s['mean_tokens']:.1f}", f"{100 * s['thought_rate']:.0f}%"]
         for lvl in levels:
             d = s["by_difficulty"].get(lvl)
             cells.append("-" if d is None else f"{100 * d['accuracy']:.0f}% / {d['mean_tokens']:.1f}")

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from metajax.models.hf_io import params_from_hf_tensors, replace_dir, save_hf, staging_dir
+from metajax.progress import phase
 
 SUPPORTED_ARCHITECTURES = ("llama",)
 
@@ -118,12 +119,16 @@ def gguf_to_hf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, *, over
         raise FileExistsError(f"{out_dir} exists and is not a directory; choose another output path")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
         raise FileExistsError(f"{out_dir} is not empty; pass overwrite=True (--overwrite) to replace it")
-    params, cfg = load_gguf(gguf_path)
+    size_mb = gguf_path.stat().st_size / 2**20 if gguf_path.is_file() else 0
+    with phase("convert", f"reading and dequantising {gguf_path} ({size_mb:.0f} MiB)"):
+        params, cfg = load_gguf(gguf_path)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = staging_dir(out_dir)
     try:
-        _save_tokenizer(gguf_path, staging)
-        save_hf(params, cfg, staging)  # keeps the tokenizer files already in `staging`
+        with phase("convert", "writing the tokenizer"):
+            _save_tokenizer(gguf_path, staging)
+        with phase("convert", f"writing {cfg.num_params:,} float32 parameters to {out_dir}"):
+            save_hf(params, cfg, staging)  # keeps the tokenizer files already in `staging`
         replace_dir(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

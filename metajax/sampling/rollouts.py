@@ -79,12 +79,16 @@ class Completion:
     text: their decoding, cut after the answer line (base models run on into a next "[User]" block).
     num_tokens: tokens generated up to that cut (the opening included).
     prompt_index: which prompt it continues.
+    raw_text: the decoding of all of `ids`, before the cut.
+    stop_reason: the sampler's `StopReason`: a stop token, or a budget spent (cut mid-sentence).
     """
 
     ids: tuple[int, ...]
     text: str
     num_tokens: int
     prompt_index: int
+    raw_text: str = ""
+    stop_reason: int = 0
 
 
 def rollout(policy: Policy, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, n_samples: int = 1,
@@ -96,12 +100,15 @@ def rollout(policy: Policy, prompts: Sequence[Sequence[int]], *, max_new_tokens:
 
     The opening is fed with the prompt (its keys and values come from the prefill) and marked as
     forced completion tokens: it counts as generated, as RaM charges a forced "<thought>" to the chain.
+    A row ends at a stop token or where its text ends (`Policy.stop_text`: the end of the answer line
+    in the text format), inside the compiled loop, so a finished row spends no more budget.
     """
     rows = [list(p) + list(opening) for p in prompts]
     samples = generate(policy.params, policy.cfg, rows, max_new_tokens=max_new_tokens, n_samples=n_samples,
                        temperature=temperature, top_p=top_p, top_k=top_k, budgets=budgets,
                        stop_tokens=policy.stop_ids, rng=rng, mesh=mesh, pad_id=policy.pad_id,
-                       forced_ending=forced_ending, answer_allowance=answer_allowance, cache_dtype=cache_dtype)
+                       forced_ending=forced_ending, answer_allowance=answer_allowance, cache_dtype=cache_dtype,
+                       stop_text=policy.stop_text(opening))
     prompt_tokens, prompt_mask = pad_rows(rows, length=bucket(max(map(len, rows))), pad_id=policy.pad_id, left=True)
     prompt_tokens, prompt_mask = (np.repeat(x, n_samples, axis=0) for x in (prompt_tokens, prompt_mask))
     if mesh is not None:
@@ -137,14 +144,16 @@ def completions(policy: Policy, rollouts: Rollouts, *, first_prompt: int = 0) ->
 
     first_prompt: added to each row's prompt index (the offset of a batch within a longer list).
     """
-    tokens, lengths, prompt_index = to_host((rollouts.tokens, rollouts.lengths, rollouts.prompt_index))
+    tokens, lengths, prompt_index, stop_reason = to_host(
+        (rollouts.tokens, rollouts.lengths, rollouts.prompt_index, rollouts.stop_reason))
     start = rollouts.completion_start
     out = []
-    for row, length, index in zip(tokens, lengths, prompt_index):
+    for row, length, index, reason in zip(tokens, lengths, prompt_index, stop_reason):
         ids = row[start:start + length].tolist()
-        text = cut_after_answer(policy.decode(ids))
+        raw = policy.decode(ids)
+        text = cut_after_answer(raw)
         out.append(Completion(ids=tuple(ids), text=text, num_tokens=tokens_within(policy, ids, len(text)),
-                              prompt_index=first_prompt + int(index)))
+                              prompt_index=first_prompt + int(index), raw_text=raw, stop_reason=int(reason)))
     return out
 
 

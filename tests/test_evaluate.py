@@ -1,0 +1,78 @@
+"""Evaluation: strict and lenient grading, format-failure kinds, answer-only direct shots."""
+
+import json
+
+import pytest
+
+from metajax.config import load_config
+from metajax.data.example import Example
+from metajax.eval import evaluate as evaluation
+from metajax.eval.evaluate import format_failure, results_table, summarize, write_records
+from metajax.pipelines import load_policy
+from metajax.sampling.rollouts import Completion
+from metajax.sampling.sampler import StopReason
+
+ARC = Example(id="a1", question="Which is a mammal?", answer="A", answer_type="choice", dataset="arc_easy",
+              choices=("Whale", "Trout"))
+SHOT = Example(id="s1", question="What is 2+3?", answer="5", answer_type="numeric", dataset="toy", rationale="2+3=5")
+
+
+def _completion(text, stop=StopReason.STOP_TOKEN, raw=None):
+    return Completion(ids=(), text=text, num_tokens=len(text.split()), prompt_index=0,
+                      raw_text=text if raw is None else raw, stop_reason=int(stop))
+
+
+@pytest.mark.parametrize("text, stop, chat, kind", [
+    ("<thought> whales breathe air </thought>\n[Assistant] A\n", StopReason.STOP_TOKEN, False, None),
+    ("[Assistant] A\n", StopReason.MAX_LENGTH, False, None),  # the answer line ended before the budget
+    ("<thought> whales <thought>\n<thought>\n", StopReason.MAX_LENGTH, False, "unclosed_thought"),
+    ("<thought> done </thought>\nThe answer is: A", StopReason.STOP_TOKEN, False, "no_answer_marker"),
+    ("The answer is: A", StopReason.STOP_TOKEN, False, "no_answer_marker"),
+    ("<thought> ok </thought>\n[Assistant] the whale, bec", StopReason.MAX_LENGTH, False, "cut_at_budget"),
+    ("<thought> ok </thought>\nA", StopReason.STOP_TOKEN, True, None),
+    ("A", StopReason.STOP_TOKEN, True, None),
+    ("<thought> still going", StopReason.BUDGET, True, "unclosed_thought"),
+    ("<thought> ok </thought>\nThe whale, becau", StopReason.MAX_LENGTH, True, "cut_at_budget"),
+])
+def test_format_failure_kinds(text, stop, chat, kind):
+    assert format_failure(_completion(text, stop), chat=chat) == kind
+
+
+def test_strict_and_lenient_grading_and_records(tmp_path):
+    # A completion that breaks the format but plainly states the right answer is lenient-correct
+    # only; the record keeps the raw text, the extracted answer, the gold and the failure kind.
+    plain = _completion("<thought> done </thought>\nThe answer is: A", raw="<thought> done </thought>\nThe answer is: A")
+    proper = _completion("<thought> x </thought>\n[Assistant] A\n", raw="<thought> x </thought>\n[Assistant] A\n[User] ?")
+    wrong = _completion("[Assistant] B\n")
+    records = [evaluation._record(c, ARC, "[User] Which is a mammal?\n", chat=False) for c in (plain, proper, wrong)]
+    assert [(r.correct, r.lenient_correct, r.failure) for r in records] == [
+        (False, True, "no_answer_marker"), (True, True, None), (False, False, None)]
+    assert records[1].raw_completion.endswith("[User] ?") and records[1].completion.endswith("A\n")
+    assert [r.extracted for r in records] == ["A", "A", "B"] and {r.gold for r in records} == {"A"}
+    summary = summarize(records)
+    assert summary["accuracy"] == pytest.approx(1 / 3) and summary["lenient_accuracy"] == pytest.approx(2 / 3)
+    assert summary["format_failure_rate"] == pytest.approx(1 / 3)
+    assert summary["failures"] == {"unclosed_thought": 0.0, "no_answer_marker": pytest.approx(1 / 3),
+                                   "cut_at_budget": 0.0}
+    assert "| 33.3% | 66.7% | 33.3% |" in results_table({"cot": summary})
+    write_records(tmp_path / "eval.jsonl", records)
+    row = json.loads((tmp_path / "eval.jsonl").read_text().splitlines()[0])
+    assert {k: row[k] for k in ("correct", "lenient_correct", "extracted", "gold", "failure")} == {
+        "correct": False, "lenient_correct": True, "extracted": "A", "gold": "A", "failure": "no_answer_marker"}
+
+
+def test_direct_shots_are_answer_only_and_cot_shots_keep_rationales(monkeypatch):
+    policy = load_policy(load_config(None))
+    seen = {}
+
+    def fake_complete(policy_, prompts, *, opening=(), **kwargs):
+        seen[policy_.decode(opening)] = [policy_.decode(p) for p in prompts]
+        return [_completion("[Assistant] 5\n") for _ in prompts]
+
+    monkeypatch.setattr(evaluation, "complete", fake_complete)
+    question = Example(id="q", question="What is 1+1?", answer="2", answer_type="numeric", dataset="toy")
+    for prompting in ("direct", "cot"):
+        evaluation.evaluate(policy, [question], prompting=prompting, fewshot=[SHOT])
+    assert seen["[Assistant]"] == ["[User] What is 2+3?\n[Assistant] 5\n[User] What is 1+1?\n"]
+    assert seen["<thought>"] == ["[User] What is 2+3?\n<thought> 2+3=5 </thought>\n[Assistant] 5\n[User] What is 1+1?\n"]
+
