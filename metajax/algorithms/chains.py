@@ -16,13 +16,12 @@ from collections.abc import Sequence
 import numpy as np
 
 from metajax.data.example import Example
-from metajax.data.prompts import FORCED_OPENINGS, THOUGHT_BLOCK, encode_ram
+from metajax.data.prompts import THOUGHT_CLOSE, THOUGHT_OPEN, encode_ram
 from metajax.models.logprobs import score_sequences
 from metajax.sampling.policy import Policy
 from metajax.sampling.rollouts import tokens_within
 
-THOUGHT_OPEN = FORCED_OPENINGS["cot"]
-THOUGHT_END = THOUGHT_BLOCK.split("{}")[1].lstrip()  # "</thought>\n"
+THOUGHT_END = THOUGHT_CLOSE + "\n"  # a thought block ends with its line
 
 
 def sampled_thought(policy: Policy, ids: Sequence[int]) -> tuple[int, ...] | None:

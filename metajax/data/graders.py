@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 import math_verify
 
 from metajax.data.example import ANSWER_TYPES, Example
+from metajax.data.prompts import ANSWER_MARKER, THOUGHT_CLOSE, THOUGHT_OPEN, USER_MARKER
 
 # A completion longer than this is graded on its tail: the final answer is at the end, and every
 # regex below then runs on a bounded string.
@@ -55,8 +56,6 @@ MAX_ANSWER_PHRASES = 8
 # Letters a multiple-choice answer may use when the caller does not pass the option texts.
 MAX_UNLISTED_CHOICES = 10
 
-THOUGHT_OPEN, THOUGHT_CLOSE = "<thought>", "</thought>"
-ASSISTANT_MARKER, USER_MARKER = "[Assistant]", "[User]"
 
 
 def extract_answer(text: str, answer_type: str, *, choices: Sequence[str] = ()) -> str | None:
@@ -124,7 +123,7 @@ def split_ram_completion(text: str) -> tuple[str | None, str | None]:
     after that `[Assistant]`; with no `[Assistant]`, the first line after a closed `</thought>`.
     An unclosed thought with no `[Assistant]` (the budget ran out mid-thought) has no answer.
     """
-    head, marker, tail = text.partition(USER_MARKER)[0].partition(ASSISTANT_MARKER)
+    head, marker, tail = text.partition(USER_MARKER)[0].partition(ANSWER_MARKER)
     thought, after_thought = None, None
     if THOUGHT_OPEN in head or THOUGHT_CLOSE in head:
         body = head.split(THOUGHT_OPEN, 1)[-1]
@@ -238,7 +237,7 @@ def _tail(text: str) -> str:
 def _first_line(text: str) -> str | None:
     """The first non-empty line, cut where the model starts inventing a next turn."""
     line = text.lstrip().split("\n", 1)[0]
-    for marker in (USER_MARKER, ASSISTANT_MARKER, THOUGHT_OPEN):
+    for marker in (USER_MARKER, ANSWER_MARKER, THOUGHT_OPEN):
         line = line.split(marker, 1)[0]
     return line.strip() or None
 

@@ -34,11 +34,12 @@ from metajax.data.example import Example
 
 USER_MARKER = "[User]"
 USER_BLOCK = USER_MARKER + " {}\n"
-THOUGHT_BLOCK = "<thought> {} </thought>\n"
+THOUGHT_OPEN, THOUGHT_CLOSE = "<thought>", "</thought>"
+THOUGHT_BLOCK = THOUGHT_OPEN + " {} " + THOUGHT_CLOSE + "\n"
 ANSWER_MARKER = "[Assistant]"
 # How a RaM-format completion is opened: "direct" forces the answer marker, "cot" forces a thought
 # open, "policy" leaves the choice to the model. Forced tokens count as generated.
-FORCED_OPENINGS = {"direct": ANSWER_MARKER, "cot": THOUGHT_BLOCK.split(" {}")[0], "policy": ""}
+FORCED_OPENINGS = {"direct": ANSWER_MARKER, "cot": THOUGHT_OPEN, "policy": ""}
 STAR_HINT = "\n(The correct answer is {answer})"
 # Wang et al. 2023, "Plan-and-Solve Prompting", the PS trigger.
 PLAN_AND_SOLVE_TRIGGER = (

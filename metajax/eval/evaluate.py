@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from metajax.data.example import Example
-from metajax.data.graders import (ASSISTANT_MARKER, THOUGHT_CLOSE, THOUGHT_OPEN, USER_MARKER, extract_answer,
-                                   grade_example, split_ram_completion)
+from metajax.data.graders import extract_answer, grade_example, split_ram_completion
+from metajax.data.prompts import ANSWER_MARKER, THOUGHT_CLOSE, THOUGHT_OPEN, USER_MARKER
 from metajax.files import write_jsonl_atomic
 from metajax.sampling.policy import Policy
 from metajax.sampling.rollouts import Completion, complete
@@ -76,10 +76,10 @@ def evaluate(policy: Policy, examples: Sequence[Example], *, prompting: str = "p
 def format_failure(completion: Completion, *, chat: bool) -> str | None:
     """The first way `completion` breaks its format (`FAILURE_KINDS`), or None when it keeps it."""
     head = completion.text.partition(USER_MARKER)[0]
-    before_answer = head if chat else head.partition(ASSISTANT_MARKER)[0]
+    before_answer = head if chat else head.partition(ANSWER_MARKER)[0]
     if THOUGHT_OPEN in before_answer and THOUGHT_CLOSE not in before_answer:
         return "unclosed_thought"
-    if not chat and ASSISTANT_MARKER not in head:
+    if not chat and ANSWER_MARKER not in head:
         return "no_answer_marker"
     answer_ended = (completion.stop_reason in (StopReason.STOP_TOKEN, StopReason.STOP_STRING)
                     or (not chat and head.endswith("\n")))
