@@ -9,7 +9,7 @@ import pytest
 from metajax.host import to_host
 from metajax.models import load_hf
 from metajax.sampling import StopReason, generate
-from metajax.sampling.stop_text import advance, compile_stop_text, initial_state
+from metajax.sampling.stop_text import advance, after, compile_stop_text, initial_state
 
 MARKER, USER = "[Assistant]", "[User]"
 # Pieces that split the patterns at every seam, join them with neighbours, and put newlines before,
@@ -42,9 +42,11 @@ def reference_stop(texts, tokens, opening=""):
     return next(i for i, end in enumerate(ends) if end > stop_char)
 
 
-@pytest.mark.parametrize("opening", ["", "<thought>", MARKER])
+@pytest.mark.parametrize("opening", [(), ("<thought>",), (MARKER,), ("[", "Ass", "istant", "]", " 4")])
 def test_advance_matches_the_text_reference(opening):
-    stop = compile_stop_text(PIECES, stop_strings=(USER,), line_markers=(MARKER,), opening=opening)
+    stop = after(compile_stop_text(PIECES, stop_strings=(USER,), line_markers=(MARKER,)),
+                 [PIECES.index(piece) for piece in opening])
+    opening = "".join(opening)
     step = jax.jit(advance)
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, len(PIECES), (64, 24)).astype(np.int32)

@@ -11,7 +11,7 @@ from metajax.data.example import Example
 from metajax.data.prompts import (ANSWER_MARKER, FORCED_OPENINGS, USER_MARKER, PromptConfig, PromptTokenizer, Question,
                                   as_prompt_tokenizer, encode_prompt)
 from metajax.models.config import ModelConfig
-from metajax.sampling.stop_text import StopText, compile_stop_text
+from metajax.sampling.stop_text import StopText, after, compile_stop_text
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -94,16 +94,22 @@ class Policy:
         None in chat, where the template's end-of-turn token ends the answer, and without a tokenizer."""
         if self.tokenizer is None or self.prompt.chat:
             return None
-        return _text_format_stops(self.tokenizer, self.decode(opening), self.cfg.vocab_size)
+        return _opened_stops(self.tokenizer, self.cfg.vocab_size, tuple(opening))
 
 
 @functools.lru_cache(maxsize=16)
-def _text_format_stops(tokenizer: PromptTokenizer, opening: str, vocab_size: int) -> StopText:
+def _text_format_stops(tokenizer: PromptTokenizer, vocab_size: int) -> StopText:
+    """The text format's stop rules over every token of `tokenizer`: built once per tokenizer."""
     known = tokenizer.offsets_backend.get_vocab_size()
     texts = tokenizer.offsets_backend.decode_batch([[i] for i in range(min(known, vocab_size))],
                                                    skip_special_tokens=True)
     texts += [""] * (vocab_size - len(texts))  # embedding rows past the tokenizer's vocabulary
-    return compile_stop_text(texts, stop_strings=(USER_MARKER,), line_markers=(ANSWER_MARKER,), opening=opening)
+    return compile_stop_text(texts, stop_strings=(USER_MARKER,), line_markers=(ANSWER_MARKER,))
+
+
+@functools.lru_cache(maxsize=16)
+def _opened_stops(tokenizer: PromptTokenizer, vocab_size: int, opening: tuple[int, ...]) -> StopText:
+    return after(_text_format_stops(tokenizer, vocab_size), opening)
 
 
 def _end_of_turn_ids(tok: PromptTokenizer) -> tuple[int, ...]:

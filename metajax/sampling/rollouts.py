@@ -87,8 +87,8 @@ class Completion:
     text: str
     num_tokens: int
     prompt_index: int
-    raw_text: str = ""
-    stop_reason: int = 0
+    raw_text: str
+    stop_reason: int
 
 
 def rollout(policy: Policy, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, n_samples: int = 1,

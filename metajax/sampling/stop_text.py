@@ -37,8 +37,9 @@ class StopText:
       patterns: int32[num_patterns, width] codes, padded; pattern_lengths: int32[num_patterns].
       is_marker: bool[num_patterns]: a marker arms the line stop (stop at the next newline); any
         other pattern stops the row where it completes.
-      initial_tail: int32[width - 1], the codes of the text before the first generated token (the
-        forced opening), right-aligned; initial_armed: bool[], whether that text holds a marker.
+      initial_tail: int32[width - 1], the codes of the text before the first generated token (a
+        forced opening: `after`), right-aligned, -1 where there is none; initial_armed: bool[],
+        whether that text holds a marker.
     """
 
     table: jax.Array
@@ -54,13 +55,13 @@ class StopText:
         return self.patterns.shape[1]
 
 
-def compile_stop_text(texts: Sequence[str], *, stop_strings: Sequence[str] = (), line_markers: Sequence[str] = (),
-                      opening: str = "") -> StopText:
-    """Stop rules over the tokens whose texts are `texts` (index = token id).
+def compile_stop_text(texts: Sequence[str], *, stop_strings: Sequence[str] = (), line_markers: Sequence[str] = ()
+                      ) -> StopText:
+    """Stop rules over the tokens whose texts are `texts` (index = token id), for rows whose text
+    starts with the first generated token (see `after` for a forced opening).
 
     stop_strings: a row stops on the token that completes one (e.g. "[User]").
     line_markers: after one appears, the row stops on the token holding the next newline.
-    opening: text forced before the first sampled token (it may already hold a marker).
     """
     patterns = [*stop_strings, *line_markers]
     if not patterns or any(not p or "\n" in p for p in patterns):
@@ -82,14 +83,20 @@ def compile_stop_text(texts: Sequence[str], *, stop_strings: Sequence[str] = (),
     padded = np.full((len(patterns), width), -1, np.int32)
     for i, p in enumerate(patterns):
         padded[i, :len(p)] = codes(p)
-    tail = np.full(width - 1, -1, np.int32)
-    opened = codes(opening)[-(width - 1):] if width > 1 else []
-    if opened:
-        tail[-len(opened):] = opened
     return StopText(table=jnp.asarray(table), lengths=jnp.asarray(lengths), patterns=jnp.asarray(padded),
                     pattern_lengths=jnp.asarray([len(p) for p in patterns], jnp.int32),
                     is_marker=jnp.asarray([False] * len(stop_strings) + [True] * len(line_markers)),
-                    initial_tail=jnp.asarray(tail), initial_armed=jnp.asarray(any(m in opening for m in line_markers)))
+                    initial_tail=jnp.full(width - 1, -1, jnp.int32), initial_armed=jnp.asarray(False))
+
+
+def after(stop: StopText, opening: Sequence[int]) -> StopText:
+    """`stop` for rows whose text starts after the forced tokens `opening` (int[n]): their text is
+    read as the loop reads it, so a forced "[Assistant]" arms the line stop; nothing in the opening
+    itself stops a row."""
+    tail, armed = initial_state(stop, (1,))
+    for token in opening:
+        tail, armed, _ = advance(stop, tail, armed, jnp.asarray([token], jnp.int32))
+    return dataclasses.replace(stop, initial_tail=tail[0], initial_armed=armed[0])
 
 
 def initial_state(stop: StopText, grid: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
