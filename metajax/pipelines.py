@@ -118,7 +118,7 @@ def _train_grpo(config: Config, base: Policy, questions, out_dir: Path, *, metri
 class Method:
     """A row of the results table.
 
-    prompting: how its completions open (`metajax.data.prompts.FORCED_OPENINGS`: "policy" lets the
+    prompting: how its completions open (`metajax.data.formats.FORCED_OPENINGS`: "policy" lets the
       model choose). train: the loop that trains it from the base policy, or None for a prompting
       baseline of the base model itself.
     """

@@ -75,7 +75,7 @@ def test_rewards_are_voc_of_independently_scored_sequences(setup, scored):
     pool, _, groups = scored
     assert groups.rewards.shape == (len(pool), TINY.samples_per_question + 1)
     assert np.all(groups.rewards[:, -1] == 0.0)  # the direct candidate: U = 0, C = 0
-    from metajax.data.prompts import ram_scoring_pair
+    from metajax.data.token_spans import ram_scoring_pair
     checked = 0
     for i, group in enumerate(groups.rollouts):
         for j, r in enumerate(group):

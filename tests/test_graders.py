@@ -693,7 +693,7 @@ def test_an_alarm_lost_in_a_finaliser_is_retried_and_not_reported(monkeypatch):
     # The first alarm fires inside a finaliser, where Python swallows the exception (ending the
     # finaliser) and reports it to sys.unraisablehook; the repeating alarm must still stop the
     # body, and nothing may be reported.
-    from metajax.data.graders import _ALARM_REPEAT_S, _deadline, _DeadlineExceeded
+    from metajax.data.math_answers import _ALARM_REPEAT_S, _deadline, _DeadlineExceeded
 
     reported, finaliser = [], []
     monkeypatch.setattr(sys, "unraisablehook", reported.append)

@@ -8,19 +8,21 @@ from metajax.data.example import Example
 from metajax.data.prompts import (
     Dialogue,
     PromptConfig,
-    TokenBoundaryError,
     Turn,
     UnknownPromptStyle,
-    as_prompt_tokenizer,
-    encode_prompt,
-    encode_ram,
     exam_response,
-    ram_pieces,
-    ram_scoring_pair,
     render_chat,
     render_prompt,
     render_text,
     roi_answer,
+)
+from metajax.data.token_spans import (
+    TokenBoundaryError,
+    as_prompt_tokenizer,
+    encode_prompt,
+    encode_ram,
+    ram_pieces,
+    ram_scoring_pair,
 )
 
 SHOT = Example(id="s1", question="What is 2+3?", answer="5", answer_type="numeric", dataset="toy",

@@ -16,7 +16,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from metajax.data.example import Example
-from metajax.data.prompts import THOUGHT_CLOSE, THOUGHT_OPEN, encode_ram
+from metajax.data.formats import THOUGHT_CLOSE, THOUGHT_OPEN
+from metajax.data.token_spans import encode_ram
 from metajax.models.logprobs import score_sequences
 from metajax.sampling.policy import Policy
 from metajax.sampling.rollouts import tokens_within
@@ -55,7 +56,7 @@ class AnswerPieces:
 
 
 def answer_pieces(policy: Policy, question: Example, fewshot: Sequence[Example] = ()) -> AnswerPieces:
-    """x and y of `question` (after the `fewshot` blocks), span-exact (`metajax.data.prompts.encode_ram`)."""
+    """x and y of `question` (after the `fewshot` blocks), span-exact (`metajax.data.token_spans.encode_ram`)."""
     enc = encode_ram(policy.tokenizer, question, None, question.answer, fewshot=fewshot, cfg=policy.prompt)
     (start, end), (target, _) = enc.answer_span, enc.target_span
     return AnswerPieces(tuple(enc.tokens[:enc.prompt_len]), tuple(enc.tokens[start:end]), target - start)

@@ -25,10 +25,12 @@ import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, processors
 
 from metajax.data.example import Example
+from metajax.data.formats import ANSWER_MARKER, THOUGHT_BLOCK, USER_BLOCK
 
 # RaM's base-model format (PAPERS.md section 1); BOS comes from the tokenizer, not the text.
-DIRECT_FORMAT = "[User] {question}\n[Assistant] {answer}\n"
-THOUGHT_FORMAT = "[User] {question}\n<thought> {thought} </thought>\n[Assistant] {answer}\n"
+DIRECT_FORMAT = USER_BLOCK.format("{question}") + ANSWER_MARKER + " {answer}\n"
+THOUGHT_FORMAT = (USER_BLOCK.format("{question}") + THOUGHT_BLOCK.format("{thought}")
+                  + ANSWER_MARKER + " {answer}\n")
 
 PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, UNK_TOKEN = "<pad>", "<s>", "</s>", "<unk>"
 SPECIAL_TOKENS: tuple[str, ...] = (PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, UNK_TOKEN)

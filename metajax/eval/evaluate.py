@@ -19,7 +19,7 @@ from pathlib import Path
 
 from metajax.data.example import Example
 from metajax.data.graders import extract_answer, grade_example, split_ram_completion
-from metajax.data.prompts import ANSWER_MARKER, THOUGHT_CLOSE, THOUGHT_OPEN, USER_MARKER
+from metajax.data.formats import ANSWER_MARKER, THOUGHT_CLOSE, THOUGHT_OPEN, USER_MARKER
 from metajax.files import write_jsonl_atomic
 from metajax.sampling.policy import Policy
 from metajax.sampling.rollouts import Completion, complete

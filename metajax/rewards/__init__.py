@@ -1,7 +1,8 @@
 """Pure reward functions: VOC, costs, group advantages, filters, policy-gradient losses, exam scores.
 
-Everything here is plain `jnp` over arrays and needs only jax and numpy, so `import metajax.rewards`
-works in anyone's research code. The log-probabilities they take come from the model:
+Everything here is plain `jnp` over arrays and needs only jax, numpy and the plain-Python text
+formats of `metajax.data.formats` (ROI's level bounds), so `import metajax.rewards` works in anyone's
+research code. The log-probabilities they take come from the model:
 `metajax.models.sequence_logprobs`, `chain_logprobs` and `token_logprobs`.
 """
 
@@ -13,7 +14,7 @@ from metajax.rewards.advantages import (
     star_keep_mask,
 )
 from metajax.rewards.exam import (
-    ROI_LEVEL_THRESHOLDS,
+    ROI_LEVEL_BOUNDS,
     exam_reward,
     exam_score,
     level_of_tokens,
@@ -34,7 +35,7 @@ from metajax.rewards.voc import (
 )
 
 __all__ = [
-    "ADVANTAGE_KINDS", "COSTS", "POLICY_GRADIENT_KINDS", "ROI_LEVEL_THRESHOLDS",
+    "ADVANTAGE_KINDS", "COSTS", "POLICY_GRADIENT_KINDS", "ROI_LEVEL_BOUNDS",
     "chain_cost", "correctness_reward", "exam_reward", "exam_score", "group_advantages",
     "level_of_tokens", "linear_cost", "log_cost", "log_prob_plus_eps", "policy_gradient_loss",
     "policy_gradient_terms", "ram_keep_mask", "regret", "star_keep_mask", "trl_reward_fn",

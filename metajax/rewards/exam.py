@@ -11,7 +11,7 @@ from typing import Sequence
 
 import jax.numpy as jnp
 
-ROI_LEVEL_THRESHOLDS: tuple[int, ...] = (256, 512, 1024)
+from metajax.data.formats import ROI_LEVEL_BOUNDS
 
 
 def exam_reward(correct, predicted_level, actual_level, skipped):
@@ -42,7 +42,7 @@ def exam_score(correct, predicted_level, actual_level, skipped):
     return jnp.sum(exam_reward(correct, predicted_level, actual_level, skipped), axis=-1)
 
 
-def level_of_tokens(num_tokens, thresholds: Sequence[int] = ROI_LEVEL_THRESHOLDS):
+def level_of_tokens(num_tokens, thresholds: Sequence[int] = ROI_LEVEL_BOUNDS):
     """The level whose token range holds each count; upper bounds are inclusive.
 
     With ROI's thresholds (256, 512, 1024): `n <= 256` is Level-0, `256 < n <= 512` Level-1,

@@ -8,8 +8,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from metajax.data.example import Example
-from metajax.data.prompts import (ANSWER_MARKER, FORCED_OPENINGS, USER_MARKER, PromptConfig, PromptTokenizer, Question,
-                                  as_prompt_tokenizer, encode_prompt)
+from metajax.data.formats import ANSWER_MARKER, FORCED_OPENINGS, USER_MARKER
+from metajax.data.prompts import PromptConfig, Question
+from metajax.data.token_spans import PromptTokenizer, as_prompt_tokenizer, encode_prompt
 from metajax.models.config import ModelConfig
 from metajax.sampling.stop_text import StopText, after, compile_stop_text
 
@@ -20,7 +21,7 @@ class Policy:
 
     Attributes:
       params: the weights pytree. cfg: its static config.
-      tokenizer: the wrapped tokenizer (`metajax.data.prompts.as_prompt_tokenizer`).
+      tokenizer: the wrapped tokenizer (`metajax.data.token_spans.as_prompt_tokenizer`).
       stop_ids: token ids that end a completion (EOS, and the chat template's end of turn).
       pad_id: the id used for padding.
       prompt: how this model's prompts are rendered: `chat` (through the tokenizer's chat template)
@@ -68,12 +69,12 @@ class Policy:
 
     def prompt_ids(self, question: Question, fewshot: Sequence[Example] = (), *, style: str = "ram") -> list[int]:
         """The generation prompt of `question` after the `fewshot` blocks: int[prompt_len], rendered
-        in `style` with this policy's chat settings (`metajax.data.prompts.encode_prompt`)."""
+        in `style` with this policy's chat settings (`metajax.data.token_spans.encode_prompt`)."""
         return encode_prompt(self.tokenizer, dataclasses.replace(self.prompt, style=style), question, fewshot)
 
     def opening(self, prompting: str) -> list[int]:
         """Token ids forced at the start of every completion under `prompting` ("direct", "cot" or
-        "policy": `metajax.data.prompts.FORCED_OPENINGS`); none for "policy".
+        "policy": `metajax.data.formats.FORCED_OPENINGS`); none for "policy".
 
         In chat the answer has no marker to force (the assistant turn is the marker), so "direct"
         forces nothing there: its answer-only shots ask for a direct answer, and a completion that

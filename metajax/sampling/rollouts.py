@@ -18,7 +18,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from metajax.batching import bucket, pad_rows
-from metajax.data.prompts import ANSWER_MARKER
+from metajax.data.formats import ANSWER_MARKER
 from metajax.host import to_host
 from metajax.models.sharding import batch_sharding
 from metajax.sampling.policy import Policy
