@@ -5,16 +5,15 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, proce
 from transformers import PreTrainedTokenizerFast
 
 from metajax.data.example import Example
+from metajax.data.formats import ROI_EXAM, TOY_EXAM
 from metajax.data.prompts import (
     Dialogue,
     PromptConfig,
     Turn,
     UnknownPromptStyle,
-    exam_response,
     render_chat,
     render_prompt,
     render_text,
-    roi_answer,
 )
 from metajax.data.token_spans import (
     TokenBoundaryError,
@@ -173,15 +172,25 @@ def test_roi_exam_prompt_and_response():
         "<predicted_level>Level-3</predicted_level> \\boxed{NA}.\n\n"
         "Question 1: What is 12*3?\n\n"
         "Question 2: Which is a mammal?\nA. Trout\nB. Whale\nC. Frog\n[Assistant]")
-    assert exam_response(cfg, [(1, "12*3=36, \\boxed{36}"), (3, None)]) == (
+    assert ROI_EXAM.response([(1, "12*3=36, \\boxed{36}"), (3, None)], skip_level=3) == (
         "<predicted_level>Level-1</predicted_level> 12*3=36, \\boxed{36}\n\n"
         "<predicted_level>Level-3</predicted_level> \\boxed{NA}")
     with pytest.raises(ValueError, match="skip level"):
-        roi_answer(cfg, 3, "\\boxed{1}")
+        ROI_EXAM.answer(3, "\\boxed{1}", skip_level=3)
     with pytest.raises(ValueError, match="outside 0..3"):
-        roi_answer(cfg, 4)
+        ROI_EXAM.answer(4, None, skip_level=3)
     with pytest.raises(ValueError, match="no few-shot"):
         render_prompt(cfg, [Q], fewshot=(SHOT,))
+
+
+def test_toy_exam_prompt_and_response():
+    cfg = PromptConfig(style="toy_exam", exam_budget=150, level_bounds=(20, 60, 100))
+    assert render_prompt(cfg, ["3+4=?", "1+2+3=?"]) == "[User] Exam, 150 tokens: 3+4=? 1+2+3=?\n"
+    assert TOY_EXAM.response([(0, "[Assistant] 7\n"), (3, None)], skip_level=3) == (
+        "<L0> [Assistant] 7\n<L3> [Assistant] NA\n")
+    assert [int(m.group(1)) for m in TOY_EXAM.level_pattern.finditer("<L0> x <L2> <L> <Lx>")] == [0, 2]
+    with pytest.raises(ValueError, match="no few-shot"):
+        render_prompt(cfg, ["3+4=?"], fewshot=(SHOT,))
 
 
 def test_config_and_registry_errors():

@@ -11,13 +11,16 @@ answer. The writers (`metajax.data.prompts`, `metajax.data.toy`) format these st
 
 from __future__ import annotations
 
+import dataclasses
 import re
+from collections.abc import Sequence
 
 USER_MARKER = "[User]"
 USER_BLOCK = USER_MARKER + " {}\n"
 THOUGHT_OPEN, THOUGHT_CLOSE = "<thought>", "</thought>"
 THOUGHT_BLOCK = THOUGHT_OPEN + " {} " + THOUGHT_CLOSE + "\n"
 ANSWER_MARKER = "[Assistant]"
+ANSWER_BLOCK = ANSWER_MARKER + " {}\n"
 # How a RaM-format completion is opened: "direct" forces the answer marker, "cot" forces a thought
 # open, "policy" leaves the choice to the model. Forced tokens count as generated.
 FORCED_OPENINGS = {"direct": ANSWER_MARKER, "cot": THOUGHT_OPEN, "policy": ""}
@@ -33,3 +36,46 @@ ROI_LEVEL_BOUNDS: tuple[int, ...] = (256, 512, 1024)
 LEVEL_TAG_PATTERN = re.compile(
     r"<predicted_level>\s{0,8}Level[-_ ]?(\d{1,2})\s{0,8}</predicted_level>", re.IGNORECASE)
 SKIP_PATTERN = re.compile(r"\s*N/?A\s*", re.IGNORECASE)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExamFormat:
+    """How a budgeted exam is written: the prompt style that states it, the level tag that opens
+    each answer, the skip's solution, and what separates answers.
+
+    Attributes:
+      name: "roi" (ROI-Reasoning's own format, for real models) or "toy" (the toy world's compact one).
+      prompt_style: the `metajax.data.prompts` style that renders the exam prompt.
+      level_tag: the tag with `{}` for the level.
+      level_pattern: reads a tag; group 1 is the level.
+      skip_solution: what follows the skip level's tag.
+      separator: text between consecutive answers.
+    """
+
+    name: str
+    prompt_style: str
+    level_tag: str
+    level_pattern: re.Pattern
+    skip_solution: str
+    separator: str
+
+    def answer(self, level: int, solution: str | None, skip_level: int) -> str:
+        """One question's answer: the level tag, then the solution (`skip_solution` at the skip
+        level, where `solution` must be None)."""
+        if not 0 <= level <= skip_level:
+            raise ValueError(f"level {level} is outside 0..{skip_level} (Level-{skip_level} means skip)")
+        if (level == skip_level) != (solution is None):
+            raise ValueError(f"give a solution for a solved level and none for the skip level "
+                             f"Level-{skip_level}; got level {level} with solution {solution!r}")
+        return f"{self.level_tag.format(level)} {self.skip_solution if solution is None else solution}"
+
+    def response(self, answers: Sequence[tuple[int, str | None]], skip_level: int) -> str:
+        """A whole exam's response, one `answer` per (level, solution) in question order."""
+        return self.separator.join(self.answer(level, solution, skip_level) for level, solution in answers)
+
+
+ROI_EXAM = ExamFormat("roi", "roi_exam", LEVEL_TAG, LEVEL_TAG_PATTERN, SKIP_ANSWER, "\n\n")
+# One token per character in the toy: a four-character tag, and answers that are RaM completions
+# ending in their own newline.
+TOY_EXAM = ExamFormat("toy", "toy_exam", "<L{}>", re.compile(r"<L(\d)>"), ANSWER_BLOCK.format("NA"), "")
+EXAM_FORMATS: dict[str, ExamFormat] = {fmt.name: fmt for fmt in (ROI_EXAM, TOY_EXAM)}

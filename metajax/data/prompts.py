@@ -162,28 +162,6 @@ def question_block(question: Question, hint: str | None = None) -> str:
     return text if hint is None else text + STAR_HINT.format(answer=hint)
 
 
-def roi_answer(cfg: PromptConfig, level: int, solution: str | None = None) -> str:
-    """One question's exam answer: the level tag, then the solution; the skip level answers NA.
-
-    Args:
-      level: 0 .. len(cfg.level_bounds); the last value is the skip level.
-      solution: the worked solution ending in \\boxed{...}; must be None for the skip level.
-    """
-    skip = len(cfg.level_bounds)
-    if not 0 <= level <= skip:
-        raise ValueError(f"level {level} is outside 0..{skip} (Level-{skip} means skip)")
-    if (level == skip) != (solution is None):
-        raise ValueError(f"give a solution for a solved level and none for the skip level "
-                         f"Level-{skip}; got level {level} with solution {solution!r}")
-    return f"{LEVEL_TAG.format(level)} {SKIP_ANSWER if solution is None else solution}"
-
-
-def exam_response(cfg: PromptConfig, answers: Sequence[tuple[int, str | None]]) -> str:
-    """A whole exam's response, one `roi_answer` per (level, solution) in question order; answers
-    are separated by a blank line, and each starts with its level tag, which delimits it."""
-    return "\n\n".join(roi_answer(cfg, level, solution) for level, solution in answers)
-
-
 # ---------------------------------------------------------------------------------------------
 # Styles.
 
@@ -242,12 +220,24 @@ def _roi_exam(cfg: PromptConfig, questions: tuple[Question, ...],
     return Dialogue((Turn(header + body),), force_answer=True)
 
 
+def _toy_exam(cfg: PromptConfig, questions: tuple[Question, ...],
+              fewshot: tuple[Example, ...]) -> Dialogue:
+    """The toy world's compact exam: one user block stating the budget, then the questions."""
+    if fewshot:
+        raise ValueError("the toy_exam style takes no few-shot examples: the exam is the prompt")
+    if not questions:
+        raise ValueError("an exam needs at least one question")
+    listed = " ".join(question_block(q) for q in questions)
+    return Dialogue((Turn(f"Exam, {cfg.exam_budget} tokens: {listed}"),))
+
+
 PROMPT_STYLES: dict[str, StyleBuilder] = {
     "direct": _direct,
     "cot": _cot,
     "ram": _ram,
     "star_hint": _star_hint,
     "roi_exam": _roi_exam,
+    "toy_exam": _toy_exam,
     "plan_and_solve": functools.partial(_with_trigger, PLAN_AND_SOLVE_TRIGGER),
     "least_to_most": functools.partial(_with_trigger, LEAST_TO_MOST_TRIGGER),
 }
@@ -256,7 +246,7 @@ PROMPT_STYLES: dict[str, StyleBuilder] = {
 def _single(questions: tuple[Question, ...], cfg: PromptConfig) -> Question:
     if len(questions) != 1:
         raise ValueError(f"the {cfg.style} style renders one question, got {len(questions)}; "
-                         f"use the roi_exam style for several")
+                         f"use an exam style (roi_exam, toy_exam) for several")
     return questions[0]
 
 

@@ -25,12 +25,11 @@ import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, processors
 
 from metajax.data.example import Example
-from metajax.data.formats import ANSWER_MARKER, THOUGHT_BLOCK, USER_BLOCK
+from metajax.data.formats import ANSWER_BLOCK, THOUGHT_BLOCK, USER_BLOCK
 
 # RaM's base-model format (PAPERS.md section 1); BOS comes from the tokenizer, not the text.
-DIRECT_FORMAT = USER_BLOCK.format("{question}") + ANSWER_MARKER + " {answer}\n"
-THOUGHT_FORMAT = (USER_BLOCK.format("{question}") + THOUGHT_BLOCK.format("{thought}")
-                  + ANSWER_MARKER + " {answer}\n")
+DIRECT_FORMAT = USER_BLOCK.format("{question}") + ANSWER_BLOCK.format("{answer}")
+THOUGHT_FORMAT = USER_BLOCK.format("{question}") + THOUGHT_BLOCK.format("{thought}") + ANSWER_BLOCK.format("{answer}")
 
 PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, UNK_TOKEN = "<pad>", "<s>", "</s>", "<unk>"
 SPECIAL_TOKENS: tuple[str, ...] = (PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, UNK_TOKEN)
@@ -173,6 +172,18 @@ def render_with_thought(question: str, thought: str, answer: str) -> str:
     return THOUGHT_FORMAT.format(question=question, thought=thought, answer=answer)
 
 
+def pretraining_examples(cfg: ToyWorldConfig, n: int, seed: int, *,
+                         difficulty_weights: Sequence[float] | None = None) -> list[Example]:
+    """`n` questions for pretraining texts, never from the held-out part of `make_splits(cfg)`'s
+    eval split.
+
+    Args:
+      difficulty_weights: how often each level appears (default: the world's own
+        `difficulty_weights`).
+    """
+    return _pretraining_draw(cfg, n, np.random.default_rng(seed), difficulty_weights)
+
+
 def pretraining_corpus(cfg: ToyWorldConfig, n: int, seed: int, *, p_thought: float | None = None,
                        difficulty_weights: Sequence[float] | None = None) -> list[str]:
     """`n` pretraining texts mixing direct answers and answers after a thought.
@@ -189,10 +200,7 @@ def pretraining_corpus(cfg: ToyWorldConfig, n: int, seed: int, *, p_thought: flo
     if p_thought is not None and not 0.0 <= p_thought <= 1.0:
         raise ValueError(f"pretraining_corpus: p_thought={p_thought} must lie in [0, 1]")
     rng = np.random.default_rng(seed)
-    held_out = _held_out(cfg, _eval_split(cfg))
-    if difficulty_weights is not None:
-        cfg = dataclasses.replace(cfg, difficulty_weights=tuple(difficulty_weights))
-    examples = _draw_examples(cfg, n, rng, None, id_prefix="toy-corpus", exclude=held_out)
+    examples = _pretraining_draw(cfg, n, rng, difficulty_weights)
     shares = np.array([cfg.thought_share(ex.difficulty) if p_thought is None else p_thought
                        for ex in examples])
     think = rng.random(n) < shares
@@ -242,6 +250,14 @@ def save_tokenizer(directory: str | os.PathLike) -> pathlib.Path:
     (path / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
     (path / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
     return path
+
+
+def _pretraining_draw(cfg: ToyWorldConfig, n: int, rng: np.random.Generator,
+                      difficulty_weights: Sequence[float] | None) -> list[Example]:
+    held_out = _held_out(cfg, _eval_split(cfg))
+    if difficulty_weights is not None:
+        cfg = dataclasses.replace(cfg, difficulty_weights=tuple(difficulty_weights))
+    return _draw_examples(cfg, n, rng, None, id_prefix="toy-corpus", exclude=held_out)
 
 
 def _held_out(cfg: ToyWorldConfig, eval_examples: Sequence[Example]) -> frozenset[str]:

@@ -1,0 +1,115 @@
+"""The toy world's budgeted exam: tiers, levels and budgets scaled to the toy's token counts, and
+the corpus of the exam-ready toy base.
+
+The toy answers in the compact exam format (`metajax.data.formats.TOY_EXAM`): the prompt is one
+user block `"[User] Exam, 150 tokens: 3+4=? 1+2+3=? 5+6+7+1+2=?\\n"`, and each answer is a level tag
+and a RaM completion (`"<L0> [Assistant] 7\\n"`, `"<L1> <thought> 1+2+3 = 3+3 = 6 </thought>\\n[Assistant] 6\\n"`,
+or the skip `"<L3> [Assistant] NA\\n"`). With one token per character, a direct answer costs about
+15 tokens, a thought 45 (2 operands) to 93 (6 operands), so the levels are Level-0 up to 20
+tokens (direct), Level-1 up to 60 (2-3 operands), Level-2 up to 100 (4-6 operands).
+
+Tiers: easy = 2 operands (direct answers right), medium = 3-4, hard = 5-6 (direct answers mostly
+wrong, thoughts up to 93 tokens, nearly a whole small budget), so at the toy budgets some questions
+cost more than the rest of the exam can afford and skipping them is rational.
+
+The exam-ready base is pretrained on exams whose answers ignore the budget and whose level tags are
+drawn at random: left to itself it thinks by habit, runs out of budget and announces levels that
+say nothing, so whatever MFT and RARL gain, they learned.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+from metajax.data import toy
+from metajax.data.example import Example
+from metajax.data.formats import ANSWER_BLOCK, THOUGHT_BLOCK, TOY_EXAM
+from metajax.data.prompts import PromptConfig, render_prompt
+
+TOY_LEVEL_BOUNDS: tuple[int, ...] = (20, 60, 100)
+TOY_TIERS: tuple[tuple[int, ...], ...] = ((2,), (3, 4), (5, 6))
+
+
+@dataclasses.dataclass(frozen=True)
+class ToyExamCorpus:
+    """The exam-ready base's pretraining texts.
+
+    Attributes:
+      max_questions: exams hold 1..max_questions questions, uniformly.
+      single_share: share of plain RaM texts (one question, no exam), which keep the single-question
+        skills (and `toy_pretrain`'s accuracy table) intact.
+      skip_share: share of exam answers that skip, so the skip form is known but not favoured.
+      budget_range: (low, high), the stated budgets, uniform in steps of 10; the answers ignore them.
+    """
+
+    max_questions: int = 3
+    single_share: float = 0.25
+    skip_share: float = 0.05
+    budget_range: tuple[int, int] = (60, 300)
+
+    def __post_init__(self):
+        low, high = self.budget_range
+        if self.max_questions < 1 or not 0 <= self.single_share <= 1 or not 0 <= self.skip_share <= 1:
+            raise ValueError(f"ToyExamCorpus: need max_questions >= 1 and shares in [0, 1], got {self}")
+        if not 0 < low <= high:
+            raise ValueError(f"ToyExamCorpus.budget_range {self.budget_range} must satisfy 0 < low <= high")
+
+
+def toy_tiers(examples: Sequence[Example], tiers: Sequence[Sequence[int]] = TOY_TIERS) -> list[list[Example]]:
+    """`examples` grouped by tier (operand counts per tier, easiest first)."""
+    grouped = [[ex for ex in examples if ex.difficulty in tier] for tier in tiers]
+    empty = [tuple(t) for t, g in zip(tiers, grouped) if not g]
+    if empty:
+        raise ValueError(f"toy_tiers: no questions with operand counts {empty}; widen the world's "
+                         "min_operands/max_operands or change the tiers")
+    return grouped
+
+
+def exam_prompt_config(budget: int, level_bounds: Sequence[int] = TOY_LEVEL_BOUNDS) -> PromptConfig:
+    """The prompt config of a toy exam under `budget` tokens."""
+    return PromptConfig(style=TOY_EXAM.prompt_style, exam_budget=budget, level_bounds=tuple(level_bounds))
+
+
+def solution_text(example: Example, think: bool) -> str:
+    """The toy's solution of one question: its RaM completion with or without the thought."""
+    thought = THOUGHT_BLOCK.format(example.rationale) if think and example.rationale else ""
+    return thought + ANSWER_BLOCK.format(example.answer)
+
+
+def exam_corpus(world: toy.ToyWorldConfig, n: int, seed: int, spec: ToyExamCorpus = ToyExamCorpus(),
+                difficulty_weights: Sequence[float] | None = None,
+                level_bounds: Sequence[int] = TOY_LEVEL_BOUNDS) -> list[str]:
+    """`n` texts: plain RaM texts (`spec.single_share`) and exams answered by habit.
+
+    An exam answer thinks with the world's `p_thought` of its level, else answers directly, or
+    skips (`spec.skip_share`); its level tag is drawn uniformly from the solving levels, whatever
+    the answer costs. Questions avoid the world's held-out eval split, as `toy.pretraining_corpus`.
+    """
+    rng = np.random.default_rng(seed)
+    singles = rng.random(n) < spec.single_share
+    n_single = int(singles.sum())
+    texts = iter(toy.pretraining_corpus(world, n_single, seed + 1, difficulty_weights=difficulty_weights))
+    sizes = rng.integers(1, spec.max_questions + 1, size=n)
+    pool = iter(toy.pretraining_examples(world, int(sizes[~singles].sum()), seed + 2,
+                                         difficulty_weights=difficulty_weights))
+    skip_level = len(level_bounds)
+    out = []
+    for single, size in zip(singles.tolist(), sizes.tolist()):
+        if single:
+            out.append(next(texts))
+            continue
+        questions = [next(pool) for _ in range(size)]
+        budget = int(rng.integers(spec.budget_range[0] // 10, spec.budget_range[1] // 10 + 1)) * 10
+        answers = []
+        for ex in questions:
+            if rng.random() < spec.skip_share:
+                answers.append((skip_level, None))
+            else:
+                think = rng.random() < world.thought_share(ex.difficulty)
+                answers.append((int(rng.integers(0, skip_level)), solution_text(ex, think)))
+        prompt = render_prompt(exam_prompt_config(budget, level_bounds), questions)
+        out.append(prompt + TOY_EXAM.response(answers, skip_level))
+    return out
