@@ -220,7 +220,10 @@ def _dtype(name: str):
 def run_toy_pretrain_pipeline(config: Config, run_dir: Path) -> dict:
     """`task: toy_pretrain`: train the toy world's model from scratch (`metajax.algorithms.toy_pretrain`)."""
     from metajax.algorithms.toy_pretrain import run_toy_pretrain
-    out = run_toy_pretrain(config.toy_pretrain, run_dir=run_dir)
+    pretrain = config.toy_pretrain
+    if pretrain.init_from in TOY_MODEL_DIRS:
+        pretrain = dataclasses.replace(pretrain, init_from=str(TOY_MODEL_DIRS[pretrain.init_from]))
+    out = run_toy_pretrain(pretrain, run_dir=run_dir)
     return {"checkpoint": str(out)}
 
 

@@ -26,9 +26,10 @@ import jax
 from metajax.data import toy
 from metajax.data.example import Example
 from metajax.data.graders import grade_example, split_ram_completion
-from metajax.data.prompts import USER_BLOCK
+from metajax.data.formats import USER_BLOCK
+from metajax.envs.toy_exam import ToyExamCorpus, exam_corpus
 from metajax.files import write_text_atomic
-from metajax.models import ModelConfig, init_params, save_hf
+from metajax.models import ModelConfig, init_params, load_hf, save_hf
 from metajax.sampling import Policy, complete
 from metajax.train import MetricsWriter, OptimizerConfig, train_sft
 
@@ -62,6 +63,10 @@ class ToyPretrainConfig:
       corpus_difficulty_weights: how often each level of `world` appears in the corpus (None: the
         world's own weights). A thinking base writes few direct answers per level, so the levels
         it should also answer directly get more texts.
+      exam_corpus: pretrain on budgeted exams in the toy's compact format (`metajax.envs.toy_exam`)
+        mixed with plain RaM texts, instead of RaM texts alone: the exam-ready base of ROI.
+      init_from: a Hugging Face checkpoint directory of the same shape to start from (None: random
+        initialisation); the exam-ready base starts from the thinking base, which already adds.
       seq_len: texts (BOS + text + EOS) are concatenated and cut into rows of this many tokens, so no
         compute is spent on padding; a text may run across two rows, as in ordinary pretraining.
       batch_size: rows per update. epochs: passes over the packed corpus.
@@ -82,6 +87,8 @@ class ToyPretrainConfig:
     corpus_size: int = 64_000
     corpus_seed: int = 1
     corpus_difficulty_weights: tuple[float, ...] | None = None
+    exam_corpus: ToyExamCorpus | None = None
+    init_from: str | None = None
     seq_len: int = 128
     batch_size: int = 32
     epochs: int = 2
@@ -156,10 +163,8 @@ def run_toy_pretrain(config: ToyPretrainConfig, *, run_dir: str | Path | None = 
     """
     started = time.perf_counter()
     cfg = config.model_config()
-    sequences = pack_corpus(
-        toy.pretraining_corpus(config.world, config.corpus_size, config.corpus_seed,
-                               difficulty_weights=config.corpus_difficulty_weights), config.seq_len)
-    params = init_params(cfg, jax.random.key(config.seed))
+    sequences = pack_corpus(corpus_texts(config), config.seq_len)
+    params = init_params(cfg, jax.random.key(config.seed)) if config.init_from is None else _start_from(config, cfg)
     optim = OptimizerConfig(learning_rate=config.learning_rate, schedule="cosine",
                             warmup_fraction=config.warmup_fraction, weight_decay=config.weight_decay,
                             max_grad_norm=config.max_grad_norm)
@@ -184,6 +189,25 @@ def run_toy_pretrain(config: ToyPretrainConfig, *, run_dir: str | Path | None = 
                    "loss": [h["loss"] for h in history], "table": [dataclasses.asdict(r) for r in rows]}
         write_text_atomic(Path(run_dir, "toy_pretrain.json"), json.dumps(summary, indent=1) + "\n")
     return out
+
+
+def corpus_texts(config: ToyPretrainConfig) -> list[str]:
+    """The pretraining texts `config` describes (RaM texts, or exams mixed with them)."""
+    if config.exam_corpus is None:
+        return toy.pretraining_corpus(config.world, config.corpus_size, config.corpus_seed,
+                                      difficulty_weights=config.corpus_difficulty_weights)
+    return exam_corpus(config.world, config.corpus_size, config.corpus_seed, config.exam_corpus,
+                       difficulty_weights=config.corpus_difficulty_weights)
+
+
+def _start_from(config: ToyPretrainConfig, cfg: ModelConfig):
+    params, loaded = load_hf(config.init_from)
+    if loaded.num_params != cfg.num_params or loaded.vocab_size != cfg.vocab_size:
+        raise ValueError(
+            f"ToyPretrainConfig.init_from {config.init_from} holds a {loaded.num_params:,}-parameter model "
+            f"with vocabulary {loaded.vocab_size}, but this config trains {cfg.num_params:,} parameters with "
+            f"vocabulary {cfg.vocab_size}; match hidden_size/intermediate_size/num_layers/num_heads to it")
+    return params
 
 
 def pack_corpus(texts: Sequence[str], seq_len: int) -> list[tuple[list[int], list[bool]]]:
