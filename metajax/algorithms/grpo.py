@@ -22,7 +22,7 @@ import dataclasses
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -133,17 +133,92 @@ class GRPOConfig:
             self.mini_batch_size or self.prompts_per_step * self.num_generations)
 
 
-def run_grpo(base: Policy, questions: Sequence[Example], config: GRPOConfig, optim: OptimizerConfig, out_dir: Path,
-             *, seed: int = 0, metrics=None, fewshot: Sequence[Example] = (), mesh=None, remat: bool = False,
-             compute_dtype=None, progress: bool = True) -> Policy:
-    """Trains `base` with GRPO / Dr. GRPO on `questions`; returns the final policy.
+@dataclasses.dataclass(frozen=True)
+class ScoredRollouts:
+    """What a task makes of one step's rollouts.
+
+    Attributes:
+      reward: float32[B], one reward per completion (groups of `num_generations` consecutive rows).
+      parts: each reward term's float32[B] values, by name (logged as `reward/<name>`).
+      correct: bool[B] (or float[B]: the share right), for the logged accuracy.
+      completion_tokens: int[B], tokens each completion spent.
+      metrics: further per-step figures of the task (logged as they are).
+    """
+
+    reward: np.ndarray
+    parts: dict[str, np.ndarray]
+    correct: np.ndarray
+    completion_tokens: np.ndarray
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+class GroupTask(Protocol):
+    """What GRPO samples and how it scores it: one prompt per item (a question, a whole exam), with its
+    own token budget, and a reward per completion."""
+
+    opening: list[int]  # forced at the start of every completion (counts as generated, no gradient)
+    answer_line_stop: bool  # end a text-format completion at its answer line (False for exams)
+
+    def __len__(self) -> int: ...
+
+    def prompt(self, index: int) -> list[int]: ...
+
+    def budget(self, index: int) -> int: ...
+
+    def score(self, policy: Policy, indices: Sequence[int], rows: Rollouts) -> ScoredRollouts: ...
+
+
+class QuestionTask:
+    """GRPO over single questions: the RaM-format prompt after the few-shot blocks, the configured
+    opening, and `config.rewards` (`metajax.algorithms.completion_rewards`)."""
+
+    answer_line_stop = True
+
+    def __init__(self, base: Policy, questions: Sequence[Example], config: "GRPOConfig",
+                 fewshot: Sequence[Example] = ()):
+        if not questions:
+            raise ValueError("GRPO needs training questions; none were loaded")
+        self._base, self._questions, self._fewshot, self._config = base, questions, fewshot, config
+        self._tokens: dict[int, list[int]] = {}
+        self.opening = base.opening(config.rollout_prompting)
+
+    def __len__(self) -> int:
+        return len(self._questions)
+
+    def prompt(self, index: int) -> list[int]:
+        if index not in self._tokens:
+            self._tokens[index] = self._base.prompt_ids(self._questions[index], self._fewshot)
+        return self._tokens[index]
+
+    def budget(self, index: int) -> int:
+        return self._config.max_completion_length
+
+    def score(self, policy: Policy, indices: Sequence[int], rows: Rollouts) -> ScoredRollouts:
+        config = self._config
+        done = completions(policy, rows)
+        scorers = {term.scorer for term in config.rewards if term.kind == "voc"}
+        scorer = None if not scorers else self._base if scorers == {"base"} else policy
+        columns = reward_columns(policy, [self._questions[i] for i in indices], done, voc_scorer=scorer,
+                                 fewshot=self._fewshot, score_batch_size=config.score_batch_size)
+        prompts = [policy.decode(self.prompt(indices[c.prompt_index])) for c in done]
+        reward, parts = total_reward(config.rewards, prompts, [c.text for c in done], columns)
+        return ScoredRollouts(reward, parts, np.asarray(columns["correct"]), np.array([c.num_tokens for c in done]))
+
+
+def run_grpo(base: Policy, task: GroupTask | Sequence[Example], config: GRPOConfig, optim: OptimizerConfig,
+             out_dir: Path, *, seed: int = 0, metrics=None, fewshot: Sequence[Example] = (), mesh=None,
+             remat: bool = False, compute_dtype=None, progress: bool = True, desc: str = "grpo") -> Policy:
+    """Trains `base` with GRPO / Dr. GRPO on `task` (a `GroupTask`, or training questions, which
+    become a `QuestionTask` with `fewshot`); returns the final policy.
 
     `optim` is the run's `train` section (`GRPOConfig.optimizer` applies the loop's own rate).
     Resumes from the latest checkpoint in `out_dir/checkpoints` (written by the same settings).
-    Metrics of every step go to `metrics` under stage "grpo/step".
+    Metrics of every step go to `metrics` under stage "<desc>/step".
     """
-    if not questions:
-        raise ValueError("GRPO needs training questions; none were loaded")
+    if not hasattr(task, "score"):
+        task = QuestionTask(base, task, config, fewshot)
+    if not len(task):
+        raise ValueError(f"{desc}: the task has no prompts to train on")
     out_dir.mkdir(parents=True, exist_ok=True)
     optim = config.optimizer(optim)
     optimizer = make_optimizer(optim)
@@ -153,44 +228,41 @@ def run_grpo(base: Policy, questions: Sequence[Example], config: GRPOConfig, opt
     step_fn = make_train_step(base.cfg, optimizer, loss, compute_dtype=compute_dtype, remat=remat, mesh=mesh,
                               grad_accum=config.gradient_accumulation_steps, skip_nonfinite=optim.skip_nonfinite)
     state = init_train_state(base.params, optimizer, jax.random.key(seed))
-    prompts = _Prompts(base, questions, fewshot, seed)
-    scorers = {term.scorer for term in config.rewards if term.kind == "voc"}
+    order = _Order(len(task), seed)
     with Checkpointer(out_dir / "checkpoints", max_to_keep=2) as checkpointer:
         if checkpointer.latest_step() is not None:
             state, saved = checkpointer.restore(like=state)
-            print(f"[grpo] resuming after step {saved['step']} (data position {saved['data_position']})")
+            print(f"[{desc}] resuming after step {saved['step']} (data position {saved['data_position']})")
         first = int(state.step) // config.updates_per_step
-        bar = tqdm(total=config.max_steps, initial=first, desc="grpo", disable=not progress)
+        bar = tqdm(total=config.max_steps, initial=first, desc=desc, disable=not progress)
         for step in range(first, config.max_steps):
             key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), step)
             times = [time.perf_counter()]
             policy = base.with_params(state.params)
-            indices = prompts.indices(step, config.prompts_per_step)
-            rows = rollout(policy, [prompts.tokens(i) for i in indices], max_new_tokens=config.max_completion_length,
-                           n_samples=config.num_generations, temperature=config.temperature, top_p=config.top_p,
-                           top_k=config.top_k, opening=policy.opening(config.rollout_prompting),
+            indices = order.indices(step, config.prompts_per_step)
+            rows = rollout(policy, [task.prompt(i) for i in indices], max_new_tokens=config.max_completion_length,
+                           budgets=[task.budget(i) for i in indices], n_samples=config.num_generations,
+                           temperature=config.temperature, top_p=config.top_p, top_k=config.top_k,
+                           opening=task.opening, answer_line_stop=task.answer_line_stop,
                            rng=jax.random.fold_in(key, 0), mesh=mesh)
-            done = completions(policy, rows)
+            to_host(rows.lengths)  # the sampler's time ends when its arrays exist
             times.append(time.perf_counter())
 
-            scorer = None if not scorers else base if scorers == {"base"} else policy
-            columns = reward_columns(policy, [questions[i] for i in indices], done, voc_scorer=scorer,
-                                     fewshot=fewshot, score_batch_size=config.score_batch_size)
-            reward, parts = total_reward(config.rewards, [prompts.text(indices[c.prompt_index]) for c in done],
-                                         [c.text for c in done], columns)
-            advantages = group_advantages(reward.reshape(len(indices), config.num_generations), kind=config.loss_type)
+            scored = task.score(policy, indices, rows)
+            advantages = group_advantages(scored.reward.reshape(len(indices), config.num_generations),
+                                          kind=config.loss_type)
             batch = policy_gradient_batch(base, state.params, rows, np.asarray(advantages).reshape(-1), config)
             times.append(time.perf_counter())
 
             state, updates = _update(state, batch, step_fn, schedule, config, key)
             for update in updates:
-                check_finite(update, stage="grpo", step=step + 1, skip_nonfinite=optim.skip_nonfinite)
+                check_finite(update, stage=desc, step=step + 1, skip_nonfinite=optim.skip_nonfinite)
             times.append(time.perf_counter())
 
-            record = _step_metrics(reward, parts, columns, done, updates, times,
+            record = _step_metrics(scored, rows, updates, times,
                                    trained_tokens=config.num_iterations * int(to_host(rows.attention_mask).sum()))
             if metrics is not None:
-                metrics.write(step + 1, record, stage="grpo/step")
+                metrics.write(step + 1, record, stage=f"{desc}/step")
             bar.update(1)
             bar.set_postfix(reward=f"{record['reward_mean']:.3f}", acc=f"{record['accuracy']:.2f}",
                             tokens=f"{record['completion_tokens_mean']:.1f}")
@@ -216,32 +288,22 @@ def _update(state, batch: dict, step_fn, schedule, config: GRPOConfig, key) -> t
     return state, [{k: float(v) for k, v in to_host(m).items()} for m in metrics]
 
 
-class _Prompts:
-    """The training questions' prompt tokens, encoded once each, in a seeded order that is reshuffled
-    every pass: step s takes positions s * P .. (s + 1) * P - 1 of that endless order."""
+class _Order:
+    """A seeded order of `size` items, reshuffled every pass: step s takes positions
+    s * P .. (s + 1) * P - 1 of that endless order."""
 
-    def __init__(self, policy: Policy, questions: Sequence[Example], fewshot: Sequence[Example], seed: int):
-        self._policy, self._questions, self._fewshot, self._seed = policy, questions, fewshot, seed
-        self._tokens: dict[int, list[int]] = {}
+    def __init__(self, size: int, seed: int):
+        self._size, self._seed = size, seed
         self._orders: dict[int, np.ndarray] = {}
 
     def indices(self, step: int, count: int) -> list[int]:
-        n = len(self._questions)
         out = []
         for position in range(step * count, (step + 1) * count):
-            epoch = position // n
+            epoch = position // self._size
             if epoch not in self._orders:
-                self._orders[epoch] = np.random.default_rng([self._seed, epoch]).permutation(n)
-            out.append(int(self._orders[epoch][position % n]))
+                self._orders[epoch] = np.random.default_rng([self._seed, epoch]).permutation(self._size)
+            out.append(int(self._orders[epoch][position % self._size]))
         return out
-
-    def tokens(self, index: int) -> list[int]:
-        if index not in self._tokens:
-            self._tokens[index] = self._policy.prompt_ids(self._questions[index], self._fewshot)
-        return self._tokens[index]
-
-    def text(self, index: int) -> str:
-        return self._policy.decode(self.tokens(index))
 
 
 def policy_gradient_batch(base: Policy, params, rows: Rollouts, advantages: np.ndarray, config: GRPOConfig) -> dict:
@@ -262,20 +324,21 @@ def policy_gradient_batch(base: Policy, params, rows: Rollouts, advantages: np.n
     return batch
 
 
-def _step_metrics(reward, parts, columns, done, updates, times, *, trained_tokens: int) -> dict[str, float]:
+def _step_metrics(scored: ScoredRollouts, rows: Rollouts, updates, times, *, trained_tokens: int) -> dict[str, float]:
     """One step's metrics: the reward and its terms, the rollouts, the updates and where the time went
     (`times`: when the step started, and when sampling, scoring and updating ended)."""
-    started, sampled, scored, updated = times
-    lengths = np.array([c.num_tokens for c in done])
-    generated = sum(len(c.ids) for c in done)
-    record = {"reward_mean": float(reward.mean()), "reward_std": float(reward.std()),
-              "accuracy": float(np.mean(columns["correct"])),
+    started, sampled, scored_at, updated = times
+    lengths = np.asarray(scored.completion_tokens)
+    generated = int(to_host(rows.lengths).sum())
+    record = {"reward_mean": float(scored.reward.mean()), "reward_std": float(scored.reward.std()),
+              "accuracy": float(np.mean(scored.correct)),
               "completion_tokens_mean": float(lengths.mean()), "completion_tokens_max": float(lengths.max())}
-    record.update({f"reward/{name}": float(values.mean()) for name, values in parts.items()})
+    record.update({f"reward/{name}": float(values.mean()) for name, values in scored.parts.items()})
+    record.update(scored.metrics)
     for name in ("loss", "clip_fraction", "kl", "ratio_mean", "entropy", "grad_norm", "lr"):
         record[name] = float(np.mean([u[name] for u in updates]))
     record["nonfinite_updates"] = float(sum(u["nonfinite"] for u in updates))
-    seconds = {"sample": sampled - started, "score": scored - sampled, "update": updated - scored}
+    seconds = {"sample": sampled - started, "score": scored_at - sampled, "update": updated - scored_at}
     tokens = {"sample": generated, "score": generated, "update": trained_tokens}
     for phase in seconds:
         record[f"{phase}_seconds"] = seconds[phase]

@@ -89,28 +89,31 @@ class Policy:
         """The text of `ids`; special tokens (BOS, chat-template markers) only with `special`."""
         return self.tokenizer.offsets_backend.decode(list(ids), skip_special_tokens=not special)
 
-    def stop_text(self, opening: Sequence[int] = ()) -> StopText | None:
+    def stop_text(self, opening: Sequence[int] = (), *, answer_line: bool = True) -> StopText | None:
         """Where a completion's text ends, for completions that open with `opening`: in the text
-        format, at the newline that ends the "[Assistant]" line, or where a "[User]" turn starts.
-        None in chat, where the template's end-of-turn token ends the answer, and without a tokenizer."""
+        format, at the newline that ends the "[Assistant]" line (unless `answer_line` is False, as
+        for an exam, which answers several questions), or where a "[User]" turn starts. None in
+        chat, where the template's end-of-turn token ends the answer, and without a tokenizer."""
         if self.tokenizer is None or self.prompt.chat:
             return None
-        return _opened_stops(self.tokenizer, self.cfg.vocab_size, tuple(opening))
+        line_markers = (ANSWER_MARKER,) if answer_line else ()
+        return _opened_stops(self.tokenizer, self.cfg.vocab_size, tuple(opening), line_markers)
 
 
 @functools.lru_cache(maxsize=16)
-def _text_format_stops(tokenizer: PromptTokenizer, vocab_size: int) -> StopText:
+def _text_format_stops(tokenizer: PromptTokenizer, vocab_size: int, line_markers: tuple[str, ...]) -> StopText:
     """The text format's stop rules over every token of `tokenizer`: built once per tokenizer."""
     known = tokenizer.offsets_backend.get_vocab_size()
     texts = tokenizer.offsets_backend.decode_batch([[i] for i in range(min(known, vocab_size))],
                                                    skip_special_tokens=True)
     texts += [""] * (vocab_size - len(texts))  # embedding rows past the tokenizer's vocabulary
-    return compile_stop_text(texts, stop_strings=(USER_MARKER,), line_markers=(ANSWER_MARKER,))
+    return compile_stop_text(texts, stop_strings=(USER_MARKER,), line_markers=line_markers)
 
 
 @functools.lru_cache(maxsize=16)
-def _opened_stops(tokenizer: PromptTokenizer, vocab_size: int, opening: tuple[int, ...]) -> StopText:
-    return after(_text_format_stops(tokenizer, vocab_size), opening)
+def _opened_stops(tokenizer: PromptTokenizer, vocab_size: int, opening: tuple[int, ...],
+                  line_markers: tuple[str, ...]) -> StopText:
+    return after(_text_format_stops(tokenizer, vocab_size, line_markers), opening)
 
 
 def _end_of_turn_ids(tok: PromptTokenizer) -> tuple[int, ...]:
