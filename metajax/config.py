@@ -20,7 +20,9 @@ import yaml
 
 from metajax.algorithms.expert_iteration import ExpertIterationConfig
 from metajax.algorithms.grpo import GRPOConfig
+from metajax.algorithms.mft import MFTConfig
 from metajax.algorithms.toy_pretrain import SHIPPED_WORLD, ToyPretrainConfig
+from metajax.eval.roi_eval import ROIConfig
 from metajax.data.toy import ToyWorldConfig
 from metajax.models.sharding import MeshConfig
 from metajax.train.optim import OptimizerConfig
@@ -102,7 +104,7 @@ class EvalSection:
 @dataclasses.dataclass(frozen=True)
 class Config:
     """A whole run. `task` picks the pipeline (`metajax.pipelines.TASKS`: ram, star, grpo, eval,
-    toy_pretrain, convert)."""
+    roi, toy_pretrain, convert)."""
 
     task: str = "ram"
     run_dir: str = "runs/default"
@@ -116,6 +118,8 @@ class Config:
     eval: EvalSection = EvalSection()
     mesh: MeshConfig = MeshConfig()
     toy_pretrain: ToyPretrainConfig = ToyPretrainConfig()
+    roi: ROIConfig = ROIConfig()
+    mft: MFTConfig = MFTConfig()
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: typing.Sequence[str] = ()) -> Config:

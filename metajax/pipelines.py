@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from metajax.algorithms.expert_iteration import run_expert_iteration
 from metajax.algorithms.grpo import run_grpo
@@ -32,7 +34,8 @@ if TYPE_CHECKING:
     from metajax.config import Config
 
 TOY_MODEL_DIRS = {"toy": Path(__file__).parent / "assets" / "toy_model",
-                  "toy_thinker": Path(__file__).parent / "assets" / "toy_thinker"}
+                  "toy_thinker": Path(__file__).parent / "assets" / "toy_thinker",
+                  "toy_exam": Path(__file__).parent / "assets" / "toy_exam"}
 TOY_MODEL_DIR = TOY_MODEL_DIRS["toy"]
 
 
@@ -227,6 +230,74 @@ def run_toy_pretrain_pipeline(config: Config, run_dir: Path) -> dict:
     return {"checkpoint": str(out)}
 
 
+def run_roi_pipeline(config: Config, run_dir: Path) -> dict:
+    """`task: roi`: ROI-Reasoning on budgeted exams. MFT (`metajax.algorithms.mft`) and RARL
+    (`metajax.algorithms.rarl`) train the base when the methods need them (unless `roi.train` is
+    off), then every method sits the same test exams at each ordering and budget
+    (`metajax.eval.roi_eval`); results.json, results.md and the plots go to the run directory."""
+    from metajax.algorithms.mft import run_mft
+    from metajax.algorithms.rarl import ExamTask
+    from metajax.envs.exam import check_disjoint
+    from metajax.envs.toy_exam import toy_exam_splits, toy_tiers
+    from metajax.eval.exam_report import plot_results, results_markdown
+    from metajax.eval.roi_eval import evaluate_roi, test_sheets, training_sheets
+
+    roi, mesh = config.roi, _mesh(config)
+    if config.data.dataset != "toy":
+        raise ValueError("task roi runs on the toy world's exams (data.dataset: toy) for now; real-data tiers "
+                         "(GSM8K, MATH, AIME) are not wired to it yet")
+    train_tiers, test_tiers = toy_exam_splits(config.data.toy)
+    sheets = test_sheets(test_tiers, roi, seed=config.seed + 1)
+    base = load_policy(config, mesh)
+    policies = {"base": base}
+    with MetricsWriter(run_dir) as metrics:
+        if not roi.train:
+            policies.update(mft=base, mft_rarl=base)
+        elif set(roi.methods) & {"mft", "mft_knapsack", "mft_rarl", "oracle"}:
+            labelled = _interleaved(train_tiers, config.mft.questions, config.seed)
+            stage2 = training_sheets(toy_tiers(labelled), config.mft.stage2_exams, roi, seed=config.seed, prefix="mft")
+            policies["mft"] = _trained(config, run_dir / "mft", base, lambda: run_mft(
+                base, roi.rules, labelled, stage2, config.mft, config.train, run_dir / "mft", budgets=roi.budgets,
+                seed=config.seed, metrics=metrics, mesh=mesh)[0], mesh)
+            if set(roi.methods) & {"mft_rarl", "oracle"}:
+                rarl = training_sheets(train_tiers, roi.train_exams, roi, seed=config.seed + 2, prefix="rarl")
+                check_disjoint([e for e, _ in rarl + stage2], sheets["easy_first"])
+                mft = policies["mft"]
+                policies["mft_rarl"] = _trained(config, run_dir / "mft_rarl", base, lambda: run_grpo(
+                    mft, ExamTask(mft, roi.rules, rarl), config.grpo, config.train, run_dir / "mft_rarl",
+                    seed=config.seed, metrics=metrics, mesh=mesh, remat=config.model.remat,
+                    compute_dtype=_dtype(config.model.compute_dtype), desc="rarl"), mesh)
+        results = evaluate_roi(roi, policies, train_tiers, sheets, mesh=mesh)
+    write_text_atomic(run_dir / "results.json", json.dumps(results, indent=2) + "\n")
+    table = results_markdown(results)
+    write_text_atomic(run_dir / "results.md", table + "\n")
+    plot_results(results, run_dir)
+    print(table)
+    return results
+
+
+def _interleaved(tiers: Sequence[Sequence[Example]], count: int, seed: int) -> list[Example]:
+    """Up to `count` questions taken from the tiers in turn (each shuffled), so every tier is
+    labelled even when one tier is far larger than another."""
+    rng = np.random.default_rng(seed)
+    shuffled = [[tier[i] for i in rng.permutation(len(tier))] for tier in tiers]
+    turns = itertools.zip_longest(*shuffled)
+    return [q for turn in turns for q in turn if q is not None][:count]
+
+
+def _trained(config: Config, out_dir: Path, base: Policy, train: Callable[[], Policy], mesh=None) -> Policy:
+    """The policy saved in `out_dir/final` by an earlier run of this config, else `train()`'s, saved there."""
+    final = out_dir / "final"
+    if (final / "config.json").is_file():
+        print(f"[roi] reusing {final}")
+        params, _ = load_hf(final, dtype=_dtype(config.model.dtype), mesh=mesh)
+        return base.with_params(params)
+    policy = train()
+    save_hf(policy.params, policy.cfg, final)
+    _copy_tokenizer(config, final)
+    return policy
+
+
 def run_convert_pipeline(config: Config, run_dir: Path) -> dict:
     """`task: convert`: write `model.gguf` as a Hugging Face checkpoint directory `run_dir/hf_model`."""
     from metajax.config import gguf_file
@@ -243,6 +314,7 @@ TASKS: dict[str, Callable[[Config, Path], dict]] = {
     "star": run_training_pipeline,
     "grpo": run_training_pipeline,
     "eval": run_eval_pipeline,
+    "roi": run_roi_pipeline,
     "toy_pretrain": run_toy_pretrain_pipeline,
     "convert": run_convert_pipeline,
 }

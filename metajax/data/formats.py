@@ -50,6 +50,10 @@ class ExamFormat:
       level_pattern: reads a tag; group 1 is the level.
       skip_solution: what follows the skip level's tag.
       separator: text between consecutive answers.
+      tag_prefix: how every tag starts: where a question's answer ends when questions are sat one
+        at a time.
+      direct_opening: what a forced direct answer starts with after its tag.
+      think_opening: what a forced worked solution starts with after its tag.
     """
 
     name: str
@@ -58,6 +62,9 @@ class ExamFormat:
     level_pattern: re.Pattern
     skip_solution: str
     separator: str
+    tag_prefix: str
+    direct_opening: str
+    think_opening: str
 
     def answer(self, level: int, solution: str | None, skip_level: int) -> str:
         """One question's answer: the level tag, then the solution (`skip_solution` at the skip
@@ -74,8 +81,11 @@ class ExamFormat:
         return self.separator.join(self.answer(level, solution, skip_level) for level, solution in answers)
 
 
-ROI_EXAM = ExamFormat("roi", "roi_exam", LEVEL_TAG, LEVEL_TAG_PATTERN, SKIP_ANSWER, "\n\n")
+ROI_EXAM = ExamFormat("roi", "roi_exam", LEVEL_TAG, LEVEL_TAG_PATTERN, SKIP_ANSWER, separator="\n\n",
+                      tag_prefix="<predicted_level>", direct_opening=" \\boxed{",
+                      think_opening=" Let's think step by step.")
 # One token per character in the toy: a four-character tag, and answers that are RaM completions
 # ending in their own newline.
-TOY_EXAM = ExamFormat("toy", "toy_exam", "<L{}>", re.compile(r"<L(\d)>"), ANSWER_BLOCK.format("NA"), "")
+TOY_EXAM = ExamFormat("toy", "toy_exam", "<L{}>", re.compile(r"<L(\d)>"), ANSWER_BLOCK.format("NA"), separator="",
+                      tag_prefix="<L", direct_opening=" " + ANSWER_MARKER, think_opening=" " + THOUGHT_OPEN)
 EXAM_FORMATS: dict[str, ExamFormat] = {fmt.name: fmt for fmt in (ROI_EXAM, TOY_EXAM)}

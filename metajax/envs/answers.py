@@ -51,10 +51,15 @@ class ExamOutcome:
       solution_tokens: int32[N], tokens from the end of the level tag to the end of the answer.
       actual_level: int32[N], `level_of_tokens(solution_tokens)`.
       position_tokens: int32[N], tokens of each question's segment inside the budget (tag included).
+      solution_start: int32[N], index in the completion of each solution's first token (right
+        after its tag); 0 without a segment.
+      segment_end: int32[N], index one past each segment's last token (the last segment keeps the
+        stop token); 0 without a segment.
       score: float32[N], ROI's r_i on the budgeted generation: correct within the budget, not
         skipped, and the predicted level equal to the actual one.
       tokens: generated tokens counted against the budget (at most the budget).
       truncated: the generation reached the budget before its stop token.
+      ids: the completion's tokens as generated (the trainer's targets are slices of them).
     """
 
     exam_id: str
@@ -66,9 +71,12 @@ class ExamOutcome:
     solution_tokens: np.ndarray
     actual_level: np.ndarray
     position_tokens: np.ndarray
+    solution_start: np.ndarray
+    segment_end: np.ndarray
     score: np.ndarray
     tokens: int
     truncated: bool
+    ids: tuple[int, ...]
 
 
 def read_exam(exam: Exam, ids: Sequence[int], decode: Callable[[Sequence[int]], str], fmt: ExamFormat,
@@ -94,7 +102,7 @@ def read_exam(exam: Exam, ids: Sequence[int], decode: Callable[[Sequence[int]], 
     tags = list(fmt.level_pattern.finditer(text))[:n]
     predicted = np.full(n, -1, np.int32)
     skipped, correct, within = (np.zeros(n, bool) for _ in range(3))
-    solution, position = np.zeros(n, np.int32), np.zeros(n, np.int32)
+    solution, position, starts, ends = (np.zeros(n, np.int32) for _ in range(4))
     skip_level = len(level_bounds)
     for j, tag in enumerate(tags):
         end = tags[j + 1].start() if j + 1 < len(tags) else len(text)
@@ -109,14 +117,17 @@ def read_exam(exam: Exam, ids: Sequence[int], decode: Callable[[Sequence[int]], 
         # The last segment keeps whatever follows its answer, the stop token included.
         end_token = cut(end) if j + 1 < len(tags) else len(ids)
         position[j] = min(end_token, budget) - min(first, budget)
+        starts[j], ends[j] = tag_end, end_token
     actual = np.asarray(level_of_tokens(solution, tuple(level_bounds)))
     budget_correct = correct & within
     score = np.asarray(exam_reward(budget_correct, predicted, actual, skipped))
     return ExamOutcome(
         exam_id=exam.id, tiers=np.asarray(exam.tiers, np.int32), predicted_level=predicted,
         skipped=skipped, correct=correct, budget_correct=budget_correct,
-        solution_tokens=solution, actual_level=actual, position_tokens=position, score=score,
-        tokens=min(len(ids), budget), truncated=len(ids) > budget or (len(ids) == budget and not stopped))
+        solution_tokens=solution, actual_level=actual, position_tokens=position, solution_start=starts,
+        segment_end=ends, score=score,
+        tokens=min(len(ids), budget), truncated=len(ids) > budget or (len(ids) == budget and not stopped),
+        ids=tuple(ids))
 
 
 class _TokenCut:

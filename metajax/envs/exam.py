@@ -58,7 +58,8 @@ def make_exams(tiers: Sequence[Sequence[Example]], n_exams: int, *, questions_pe
     """Draws `n_exams` exams, deterministically for a given `seed`.
 
     Position j draws uniformly from tier `j % len(tiers)`, without repeating a question within an
-    exam (questions may recur across exams: AIME 2025 has 30). Build training and test exams from
+    exam (questions may recur across exams: AIME 2025 has 30). The same seed draws the same
+    questions in every ordering, and exam ids match across orderings. Build training and test exams from
     disjoint tiers and check them with `check_disjoint`.
 
     Args:
@@ -78,18 +79,18 @@ def make_exams(tiers: Sequence[Sequence[Example]], n_exams: int, *, questions_pe
         if len(tiers[tier]) < needed:
             raise ValueError(f"make_exams: tier {tier} has {len(tiers[tier])} question(s) but each exam "
                              f"takes {needed} from it; add questions or shorten the exam")
-    rng = np.random.default_rng(seed)
+    # Separate streams for the questions and their order: one seed gives the same questions in
+    # every ordering, so settings compare methods on the same sheets.
+    picks_rng, order_rng = (np.random.default_rng([seed, stream]) for stream in (0, 1))
     exams = []
     for e in range(n_exams):
-        picks = {t: iter(rng.choice(len(tiers[t]), size=plan.count(t), replace=False).tolist())
-                 for t in set(plan)}
+        picks = {t: iter(picks_rng.choice(len(tiers[t]), size=plan.count(t), replace=False).tolist())
+                 for t in sorted(set(plan))}
         chosen = [(t, tiers[t][next(picks[t])]) for t in plan]
-        if ordering == "medium":
-            chosen = [chosen[j] for j in rng.permutation(len(chosen)).tolist()]
-        else:
-            rng.shuffle(chosen)  # ties within a tier in random order
-            chosen.sort(key=lambda pair: pair[0], reverse=ordering == "hard")
-        exams.append(Exam(f"{prefix}-{e}", tuple(q for _, q in chosen), tuple(t for t, _ in chosen)))
+        mixed = [chosen[j] for j in order_rng.permutation(len(chosen)).tolist()]
+        if ordering != "medium":  # the mixed order breaks ties within a tier
+            mixed.sort(key=lambda pair: pair[0], reverse=ordering == "hard")
+        exams.append(Exam(f"{prefix}-{e}", tuple(q for _, q in mixed), tuple(t for t, _ in mixed)))
     return exams
 
 

@@ -113,3 +113,24 @@ def exam_corpus(world: toy.ToyWorldConfig, n: int, seed: int, spec: ToyExamCorpu
         prompt = render_prompt(exam_prompt_config(budget, level_bounds), questions)
         out.append(prompt + TOY_EXAM.response(answers, skip_level))
     return out
+
+
+def toy_exam_splits(world: toy.ToyWorldConfig, tiers: Sequence[Sequence[int]] = TOY_TIERS
+                    ) -> tuple[list[list[Example]], list[list[Example]]]:
+    """(train tiers, test tiers) of distinct questions, no question text in both.
+
+    The world's eval split is held out of training only from `held_out_min_operands` up; below that
+    (the 100-entry table of two-digit sums, say) the eval split holds nearly every question, so the
+    distinct questions of those levels are split in half, seeded, one half per side.
+    """
+    train, held_out = toy.make_splits(world)
+    small = sorted({ex.question for ex in train + held_out if ex.difficulty < world.held_out_min_operands})
+    test_half = set(np.random.default_rng([world.seed, 7]).permutation(small)[:len(small) // 2].tolist())
+    test = [ex for ex in _distinct(held_out)
+            if ex.difficulty >= world.held_out_min_operands or ex.question in test_half]
+    seen = {ex.question for ex in test}
+    return (toy_tiers([ex for ex in _distinct(train) if ex.question not in seen], tiers), toy_tiers(test, tiers))
+
+
+def _distinct(examples: Sequence[Example]) -> list[Example]:
+    return list({ex.question: ex for ex in examples}.values())

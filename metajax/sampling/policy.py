@@ -89,31 +89,45 @@ class Policy:
         """The text of `ids`; special tokens (BOS, chat-template markers) only with `special`."""
         return self.tokenizer.offsets_backend.decode(list(ids), skip_special_tokens=not special)
 
-    def stop_text(self, opening: Sequence[int] = (), *, answer_line: bool = True) -> StopText | None:
+    def stop_text(self, opening: Sequence[int] = (), *, answer_line: bool = True,
+                  stop_strings: tuple[str, ...] = ()) -> StopText | None:
         """Where a completion's text ends, for completions that open with `opening`: in the text
         format, at the newline that ends the "[Assistant]" line (unless `answer_line` is False, as
-        for an exam, which answers several questions), or where a "[User]" turn starts. None in
-        chat, where the template's end-of-turn token ends the answer, and without a tokenizer."""
-        if self.tokenizer is None or self.prompt.chat:
+        for an exam, which answers several questions), where a "[User]" turn starts, or at any of
+        `stop_strings`. In chat the template's end-of-turn token ends the answer, so only
+        `stop_strings` apply there (None without them, or without a tokenizer)."""
+        if self.tokenizer is None or (self.prompt.chat and not stop_strings):
             return None
+        if self.prompt.chat:
+            answer_line, stop_strings = False, tuple(stop_strings)
+        else:
+            stop_strings = (USER_MARKER,) + tuple(stop_strings)
         line_markers = (ANSWER_MARKER,) if answer_line else ()
-        return _opened_stops(self.tokenizer, self.cfg.vocab_size, tuple(opening), line_markers)
+        return _opened_stops(self.tokenizer, self.cfg.vocab_size, tuple(opening), stop_strings, line_markers)
+
+    def exam_prompt_ids(self, questions: Sequence[Question], *, style: str, budget: int,
+                        level_bounds: Sequence[int]) -> list[int]:
+        """The prompt of a budgeted exam of `questions`, rendered in the exam `style` with this
+        policy's chat settings, stating `budget` and the levels."""
+        cfg = dataclasses.replace(self.prompt, style=style, exam_budget=budget, level_bounds=tuple(level_bounds))
+        return encode_prompt(self.tokenizer, cfg, list(questions))
 
 
 @functools.lru_cache(maxsize=16)
-def _text_format_stops(tokenizer: PromptTokenizer, vocab_size: int, line_markers: tuple[str, ...]) -> StopText:
-    """The text format's stop rules over every token of `tokenizer`: built once per tokenizer."""
+def _text_format_stops(tokenizer: PromptTokenizer, vocab_size: int, stop_strings: tuple[str, ...],
+                       line_markers: tuple[str, ...]) -> StopText:
+    """Stop rules over every token of `tokenizer`: built once per tokenizer and rule set."""
     known = tokenizer.offsets_backend.get_vocab_size()
     texts = tokenizer.offsets_backend.decode_batch([[i] for i in range(min(known, vocab_size))],
                                                    skip_special_tokens=True)
     texts += [""] * (vocab_size - len(texts))  # embedding rows past the tokenizer's vocabulary
-    return compile_stop_text(texts, stop_strings=(USER_MARKER,), line_markers=line_markers)
+    return compile_stop_text(texts, stop_strings=stop_strings, line_markers=line_markers)
 
 
 @functools.lru_cache(maxsize=16)
 def _opened_stops(tokenizer: PromptTokenizer, vocab_size: int, opening: tuple[int, ...],
-                  line_markers: tuple[str, ...]) -> StopText:
-    return after(_text_format_stops(tokenizer, vocab_size, line_markers), opening)
+                  stop_strings: tuple[str, ...], line_markers: tuple[str, ...]) -> StopText:
+    return after(_text_format_stops(tokenizer, vocab_size, stop_strings, line_markers), opening)
 
 
 def _end_of_turn_ids(tok: PromptTokenizer) -> tuple[int, ...]:

@@ -94,22 +94,22 @@ class Completion:
 def rollout(policy: Policy, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, n_samples: int = 1,
             temperature=0.0, top_p: float = 1.0, top_k: int = 0, budgets=None, opening: Sequence[int] = (),
             rng: jax.Array | None = None, mesh=None, forced_ending: Sequence[int] = (), answer_allowance: int = 0,
-            cache_dtype=None, answer_line_stop: bool = True) -> Rollouts:
+            cache_dtype=None, answer_line_stop: bool = True, stop_strings: tuple[str, ...] = ()) -> Rollouts:
     """Samples `n_samples` completions of each prompt in one compiled call (`metajax.sampling.generate`,
     whose arguments these are), each opening with the forced tokens `opening`.
 
     The opening is fed with the prompt (its keys and values come from the prefill) and marked as
     forced completion tokens: it counts as generated, as RaM charges a forced "<thought>" to the chain.
     A row ends at a stop token or where its text ends (`Policy.stop_text`: the end of the answer line
-    in the text format; `answer_line_stop=False` keeps going past it, for exams), inside the compiled
-    loop, so a finished row spends no more budget.
+    in the text format; `answer_line_stop=False` keeps going past it, for exams) or at one of
+    `stop_strings`, inside the compiled loop, so a finished row spends no more budget.
     """
     rows = [list(p) + list(opening) for p in prompts]
     samples = generate(policy.params, policy.cfg, rows, max_new_tokens=max_new_tokens, n_samples=n_samples,
                        temperature=temperature, top_p=top_p, top_k=top_k, budgets=budgets,
                        stop_tokens=policy.stop_ids, rng=rng, mesh=mesh, pad_id=policy.pad_id,
                        forced_ending=forced_ending, answer_allowance=answer_allowance, cache_dtype=cache_dtype,
-                       stop_text=policy.stop_text(opening, answer_line=answer_line_stop))
+                       stop_text=policy.stop_text(opening, answer_line=answer_line_stop, stop_strings=stop_strings))
     prompt_tokens, prompt_mask = pad_rows(rows, length=bucket(max(map(len, rows))), pad_id=policy.pad_id, left=True)
     prompt_tokens, prompt_mask = (np.repeat(x, n_samples, axis=0) for x in (prompt_tokens, prompt_mask))
     if mesh is not None:
