@@ -39,8 +39,8 @@ def _toy_response(levels_and_thinks):
 
 def test_a_well_formed_exam_is_read_token_exactly():
     text = _toy_response([(0, False), (1, True), (3, None)])
-    assert text == ("<L0> [Assistant] 7\n<L1> <thought> 1+2+3 = 3+3 = 6 </thought>\n[Assistant] 6\n"
-                    "<L3> [Assistant] NA\n")
+    assert text == ("<L0> #1 [Assistant] 7\n<L1> #2 <thought> 1+2+3 = 3+3 = 6 </thought>\n[Assistant] 6\n"
+                    "<L3> #3 [Assistant] NA\n")
     out = _read(_ids(text))
     np.testing.assert_array_equal(out.predicted_level, [0, 1, 3])
     np.testing.assert_array_equal(out.correct, [True, True, False])
@@ -52,9 +52,11 @@ def test_a_well_formed_exam_is_read_token_exactly():
     np.testing.assert_array_equal(out.actual_level, [0, 1, 0])
     np.testing.assert_array_equal(out.score, [1.0, 1.0, 0.0])
     # Segments run tag to tag; the last one keeps the EOS.
-    second = "<L1> <thought> 1+2+3 = 3+3 = 6 </thought>\n[Assistant] 6\n"
-    np.testing.assert_array_equal(out.position_tokens, [19, len(second), len("<L3> [Assistant] NA\n") + 1])
+    second = "<L1> #2 <thought> 1+2+3 = 3+3 = 6 </thought>\n[Assistant] 6\n"
+    np.testing.assert_array_equal(out.position_tokens, [22, len(second), len("<L3> #3 [Assistant] NA\n") + 1])
     assert out.tokens == len(text) + 1 and not out.truncated
+    np.testing.assert_array_equal(out.solution_start, [7, 22 + 7, 22 + len(second) + 7])
+    np.testing.assert_array_equal(out.segment_end, [22, 22 + len(second), len(text) + 1])
 
 
 def test_a_wrong_level_scores_zero_but_stays_accurate():
@@ -68,32 +70,33 @@ def test_a_wrong_level_scores_zero_but_stays_accurate():
 def test_truncation_mid_question():
     text = _toy_response([(0, False), (1, True), (2, True)])
     ids = _ids(text)
-    budget = 19 + 30  # inside the second question's thought
+    budget = 22 + 30  # inside the second question's thought
     cut = _read(ids[:budget], budget=budget, stopped=False)
     assert cut.truncated and cut.tokens == budget
     np.testing.assert_array_equal(cut.correct, [True, False, False])
     np.testing.assert_array_equal(cut.predicted_level, [0, 1, -1])
-    np.testing.assert_array_equal(cut.position_tokens, [19, 30, 0])
+    np.testing.assert_array_equal(cut.position_tokens, [22, 30, 0])
     # The same tokens generated uncut: accurate on both, but the second ends past the budget.
     uncut = _read(ids, budget=budget)
     assert uncut.truncated and uncut.tokens == budget
     np.testing.assert_array_equal(uncut.correct, [True, True, True])
     np.testing.assert_array_equal(uncut.budget_correct, [True, False, False])
     np.testing.assert_array_equal(uncut.score, [1.0, 0.0, 0.0])
-    np.testing.assert_array_equal(uncut.position_tokens, [19, 30, 0])
+    np.testing.assert_array_equal(uncut.position_tokens, [22, 30, 0])
 
 
 @pytest.mark.parametrize("text,predicted,correct", [
-    # no tag on the first answer: the first tag opens question 0's segment
+    # no tag on the first answer: the first tag opens question 0's segment (a tag without its number
+    # still counts)
     ("[Assistant] 7\n<L1> <thought> 1+2+3 = 3+3 = 6 </thought>\n[Assistant] 6\n", [1, -1, -1],
      [False, False, False]),
     # two answers for one question: the grader reads the first answer line
-    ("<L0> [Assistant] 8\n[Assistant] 7\n<L0> [Assistant] 6\n", [0, 0, -1], [False, True, False]),
+    ("<L0> #1 [Assistant] 8\n[Assistant] 7\n<L0> #2 [Assistant] 6\n", [0, 0, -1], [False, True, False]),
     # garbage
     ("%%$#@!!<<L>> 12 <thought> </thought>", [-1, -1, -1], [False, False, False]),
     ("", [-1, -1, -1], [False, False, False]),
     # more tags than questions: the extra one opens nothing
-    ("<L0> [Assistant] 7\n<L0> [Assistant] 6\n<L0> [Assistant] 21\n<L2> [Assistant] 1\n", [0, 0, 0],
+    ("<L0> #1 [Assistant] 7\n<L0> #2 [Assistant] 6\n<L0> #3 [Assistant] 21\n<L2> #4 [Assistant] 1\n", [0, 0, 0],
      [True, True, True]),
 ])
 def test_malformed_output_gets_a_defined_outcome(text, predicted, correct):
@@ -146,9 +149,10 @@ def test_roi_format_counts_sampled_bpe_tokens():
 def _outcome(exam_id, scores, correct, budget_correct, skipped, predicted, actual, tokens):
     from metajax.envs.answers import ExamOutcome
     arr = lambda x, t=bool: np.asarray(x, t)  # noqa: E731
+    zeros = np.zeros(3, np.int32)
     return ExamOutcome(exam_id, arr([0, 1, 2], np.int32), arr(predicted, np.int32), arr(skipped),
                        arr(correct), arr(budget_correct), arr([5, 5, 5], np.int32), arr(actual, np.int32),
-                       arr([1, 2, 3], np.int32), arr(scores, np.float32), tokens, False)
+                       arr([1, 2, 3], np.int32), zeros, zeros, arr(scores, np.float32), tokens, False, ())
 
 
 def test_exam_summary_against_hand_computed_values():

@@ -100,6 +100,10 @@ def test_exams_draw_one_question_per_tier_in_each_ordering():
         assert [q.dataset for q in exam.questions] == [("easy", "medium", "hard")[t] for t in exam.tiers]
     assert make_exams(tiers, 5, seed=3) == make_exams(tiers, 5, seed=3)
     assert make_exams(tiers, 5, seed=3) != make_exams(tiers, 5, seed=4)
+    for a, b in zip(hard, make_exams(tiers, 50, ordering="medium", seed=3)):
+        assert a.id == b.id
+        assert sorted(q.id for q in a.questions) == sorted(q.id for q in b.questions)
+        assert b.easy_first() == a.easy_first()
     longer = make_exams(tiers[:1], 20, questions_per_exam=4, seed=0)
     assert all(len({q.id for q in exam.questions}) == 4 for exam in longer)
 

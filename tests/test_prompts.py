@@ -185,10 +185,11 @@ def test_roi_exam_prompt_and_response():
 
 def test_toy_exam_prompt_and_response():
     cfg = PromptConfig(style="toy_exam", exam_budget=150, level_bounds=(20, 60, 100))
-    assert render_prompt(cfg, ["3+4=?", "1+2+3=?"]) == "[User] Exam, 150 tokens: 3+4=? 1+2+3=?\n"
+    assert render_prompt(cfg, ["3+4=?", "1+2+3=?"]) == "[User] Exam, 150 tokens: #1 3+4=? #2 1+2+3=?\n"
     assert TOY_EXAM.response([(0, "[Assistant] 7\n"), (3, None)], skip_level=3) == (
-        "<L0> [Assistant] 7\n<L3> [Assistant] NA\n")
-    assert [int(m.group(1)) for m in TOY_EXAM.level_pattern.finditer("<L0> x <L2> <L> <Lx>")] == [0, 2]
+        "<L0> #1 [Assistant] 7\n<L3> #2 [Assistant] NA\n")
+    matches = list(TOY_EXAM.level_pattern.finditer("<L0> #1 x <L2> <L> <Lx> <L1> #12 y"))
+    assert [(int(m.group(1)), m.group(0)) for m in matches] == [(0, "<L0> #1"), (2, "<L2>"), (1, "<L1> #12")]
     with pytest.raises(ValueError, match="no few-shot"):
         render_prompt(cfg, ["3+4=?"], fewshot=(SHOT,))
 

@@ -121,12 +121,13 @@ def label(samples: Sequence[ExamOutcome], rules: ExamRules, rule: str, stop_ids:
     return Label(int(chosen.actual_level[0]), tuple(solution), len(usable))
 
 
-def answer_ids(policy: Policy, rules: ExamRules, target: Label) -> list[int]:
-    """The tokens of one labelled answer: the tag (or the whole skip answer), then the solution."""
+def answer_ids(policy: Policy, rules: ExamRules, target: Label, position: int = 1) -> list[int]:
+    """The tokens of one labelled answer at `position` (1-based): the tag (or the whole skip
+    answer), then the solution."""
     fmt = rules.format
     if target.level == rules.skip_level:
-        return policy.encode(fmt.answer(target.level, None, rules.skip_level))
-    return policy.encode(fmt.level_tag.format(target.level)) + list(target.solution)
+        return policy.encode(fmt.answer(target.level, None, rules.skip_level, position))
+    return policy.encode(fmt.tag(target.level, position)) + list(target.solution)
 
 
 def exam_target(policy: Policy, rules: ExamRules, labels: Sequence[Label], budget: int, plan: str) -> list[int]:
@@ -134,8 +135,8 @@ def exam_target(policy: Policy, rules: ExamRules, labels: Sequence[Label], budge
     leaves out skipped, and the end of the sheet."""
     skip = Label(rules.skip_level, (), 0)
     separator = policy.encode(rules.format.separator) if rules.format.separator else []
-    answers = [answer_ids(policy, rules, lab) for lab in labels]
-    skips = [answer_ids(policy, rules, skip) for _ in labels]
+    answers = [answer_ids(policy, rules, lab, j) for j, lab in enumerate(labels, 1)]
+    skips = [answer_ids(policy, rules, skip, j) for j in range(1, len(labels) + 1)]
     cost = [[len(a) + len(separator) * (j > 0), len(s) + len(separator) * (j > 0)]
             for j, (a, s) in enumerate(zip(answers, skips))]
     solvable = [lab.level != rules.skip_level for lab in labels]

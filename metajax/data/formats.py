@@ -46,7 +46,8 @@ class ExamFormat:
     Attributes:
       name: "roi" (ROI-Reasoning's own format, for real models) or "toy" (the toy world's compact one).
       prompt_style: the `metajax.data.prompts` style that renders the exam prompt.
-      level_tag: the tag with `{}` for the level.
+      level_tag: the tag, with `{level}` for the level and optionally `{position}` for the
+        question's number (1 for the first).
       level_pattern: reads a tag; group 1 is the level.
       skip_solution: what follows the skip level's tag.
       separator: text between consecutive answers.
@@ -66,7 +67,11 @@ class ExamFormat:
     direct_opening: str
     think_opening: str
 
-    def answer(self, level: int, solution: str | None, skip_level: int) -> str:
+    def tag(self, level: int | str, position: int = 1) -> str:
+        """The level tag of the question at `position` (1-based)."""
+        return self.level_tag.format(level=level, position=position)
+
+    def answer(self, level: int, solution: str | None, skip_level: int, position: int = 1) -> str:
         """One question's answer: the level tag, then the solution (`skip_solution` at the skip
         level, where `solution` must be None)."""
         if not 0 <= level <= skip_level:
@@ -74,18 +79,20 @@ class ExamFormat:
         if (level == skip_level) != (solution is None):
             raise ValueError(f"give a solution for a solved level and none for the skip level "
                              f"Level-{skip_level}; got level {level} with solution {solution!r}")
-        return f"{self.level_tag.format(level)} {self.skip_solution if solution is None else solution}"
+        return f"{self.tag(level, position)} {self.skip_solution if solution is None else solution}"
 
     def response(self, answers: Sequence[tuple[int, str | None]], skip_level: int) -> str:
         """A whole exam's response, one `answer` per (level, solution) in question order."""
-        return self.separator.join(self.answer(level, solution, skip_level) for level, solution in answers)
+        return self.separator.join(self.answer(level, solution, skip_level, j)
+                                   for j, (level, solution) in enumerate(answers, 1))
 
 
-ROI_EXAM = ExamFormat("roi", "roi_exam", LEVEL_TAG, LEVEL_TAG_PATTERN, SKIP_ANSWER, separator="\n\n",
+ROI_EXAM = ExamFormat("roi", "roi_exam", LEVEL_TAG.replace("{}", "{level}"), LEVEL_TAG_PATTERN, SKIP_ANSWER, separator="\n\n",
                       tag_prefix="<predicted_level>", direct_opening=" \\boxed{",
                       think_opening=" Let's think step by step.")
-# One token per character in the toy: a four-character tag, and answers that are RaM completions
-# ending in their own newline.
-TOY_EXAM = ExamFormat("toy", "toy_exam", "<L{}>", re.compile(r"<L(\d)>"), ANSWER_BLOCK.format("NA"), separator="",
+# One token per character in the toy: a short tag holding the question's number as the prompt lists
+# it ("#2"), which a four-layer model needs to find its question, and answers that are RaM
+# completions ending in their own newline.
+TOY_EXAM = ExamFormat("toy", "toy_exam", "<L{level}> #{position}", re.compile(r"<L(\d)>(?: #\d{1,2})?"), ANSWER_BLOCK.format("NA"), separator="",
                       tag_prefix="<L", direct_opening=" " + ANSWER_MARKER, think_opening=" " + THOUGHT_OPEN)
 EXAM_FORMATS: dict[str, ExamFormat] = {fmt.name: fmt for fmt in (ROI_EXAM, TOY_EXAM)}

@@ -222,12 +222,12 @@ def _roi_exam(cfg: PromptConfig, questions: tuple[Question, ...],
 
 def _toy_exam(cfg: PromptConfig, questions: tuple[Question, ...],
               fewshot: tuple[Example, ...]) -> Dialogue:
-    """The toy world's compact exam: one user block stating the budget, then the questions."""
+    """The toy world's compact exam: one user block stating the budget, then the numbered questions."""
     if fewshot:
         raise ValueError("the toy_exam style takes no few-shot examples: the exam is the prompt")
     if not questions:
         raise ValueError("an exam needs at least one question")
-    listed = " ".join(question_block(q) for q in questions)
+    listed = " ".join(f"#{j} {question_block(q)}" for j, q in enumerate(questions, 1))
     return Dialogue((Turn(f"Exam, {cfg.exam_budget} tokens: {listed}"),))
 
 

@@ -55,13 +55,14 @@ class Action:
     level: int
     start: Literal["free", "direct", "think"] = "free"
 
-    def opening(self, rules: ExamRules) -> tuple[str, bool]:
-        """(forced text after the answer separator, whether the model writes the rest)."""
+    def opening(self, rules: ExamRules, position: int) -> tuple[str, bool]:
+        """(forced text after the answer separator, whether the model writes the rest) for the
+        question at `position` (1-based)."""
         fmt = rules.format
         if self.level == rules.skip_level:
-            return fmt.answer(self.level, None, rules.skip_level), False
+            return fmt.answer(self.level, None, rules.skip_level, position), False
         start = {"free": "", "direct": fmt.direct_opening, "think": fmt.think_opening}[self.start]
-        return fmt.level_tag.format(self.level) + start, True
+        return fmt.tag(self.level, position) + start, True
 
 
 def exam_prompts(policy: Policy, rules: ExamRules, exams: Sequence[Exam], budgets: Sequence[int]) -> list[list[int]]:
@@ -125,7 +126,7 @@ def sit_planned(policy: Policy, rules: ExamRules, exams: Sequence[Exam], budgets
         for e, exam in enumerate(exams):
             if j >= len(exam.questions) or len(sheets[e]) >= cap[e]:
                 continue
-            text, generate = plans[e][j].opening(rules)
+            text, generate = plans[e][j].opening(rules, j + 1)
             sheets[e] += policy.encode((fmt.separator if j else "") + text)
             if generate and len(sheets[e]) < cap[e]:
                 waiting.append(e)

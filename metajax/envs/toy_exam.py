@@ -2,9 +2,10 @@
 the corpus of the exam-ready toy base.
 
 The toy answers in the compact exam format (`metajax.data.formats.TOY_EXAM`): the prompt is one
-user block `"[User] Exam, 150 tokens: 3+4=? 1+2+3=? 5+6+7+1+2=?\\n"`, and each answer is a level tag
-and a RaM completion (`"<L0> [Assistant] 7\\n"`, `"<L1> <thought> 1+2+3 = 3+3 = 6 </thought>\\n[Assistant] 6\\n"`,
-or the skip `"<L3> [Assistant] NA\\n"`). With one token per character, a direct answer costs about
+user block `"[User] Exam, 150 tokens: #1 3+4=? #2 1+2+3=? #3 5+6+7+1+2=?\n"`, and each answer is a
+level tag holding the question's number, then a RaM completion (`"<L0> #1 [Assistant] 7\n"`,
+`"<L1> #2 <thought> 1+2+3 = 3+3 = 6 </thought>\n[Assistant] 6\n"`, or the skip
+`"<L3> #3 [Assistant] NA\n"`). With one token per character, a direct answer's solution costs about
 15 tokens, a thought 45 (2 operands) to 93 (6 operands), so the levels are Level-0 up to 20
 tokens (direct), Level-1 up to 60 (2-3 operands), Level-2 up to 100 (4-6 operands).
 
