@@ -293,6 +293,19 @@ def validate(config: Config) -> None:
     trains = config.task in METHODS and METHODS[config.task].train is not None
     if data.dataset != "toy" and data.source == "local" and data.train_path is None and trains:
         raise ConfigError(f"data.train_path is required for dataset {data.dataset!r} with source 'local'")
+    if config.task == "roi":
+        from metajax.data.prepare import missing_file_hint
+        for key in ("train_tiers", "test_tiers"):
+            for i, tier in enumerate(getattr(config.roi, key)):
+                if not Path(tier.path).exists():
+                    raise ConfigError(f"roi.{key}[{i}].path: {tier.path} does not exist; "
+                                      f"{missing_file_hint(tier.dataset, tier.path)}")
+        if config.roi.train_tiers and len(config.roi.train_tiers) != len(config.roi.test_tiers):
+            raise ConfigError("roi.train_tiers and roi.test_tiers must list the same tiers (one of each per "
+                              "difficulty), easiest first")
+        if config.grpo.max_completion_length < max(config.roi.budgets):
+            raise ConfigError(f"grpo.max_completion_length {config.grpo.max_completion_length} must be at least "
+                              f"the largest roi budget {max(config.roi.budgets)}: RARL rollouts run to the budget")
     unknown = [m for m in ev.methods if m not in METHODS]
     if unknown:
         raise ConfigError(f"eval.methods: unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")

@@ -238,15 +238,16 @@ def run_roi_pipeline(config: Config, run_dir: Path) -> dict:
     from metajax.algorithms.mft import run_mft
     from metajax.algorithms.rarl import ExamTask
     from metajax.envs.exam import check_disjoint
-    from metajax.envs.toy_exam import toy_exam_splits, toy_tiers
+    from metajax.envs.toy_exam import toy_exam_splits
     from metajax.eval.exam_report import plot_results, results_markdown
-    from metajax.eval.roi_eval import evaluate_roi, test_sheets, training_sheets
+    from metajax.eval.roi_eval import evaluate_roi, load_tiers, test_sheets, training_sheets
 
     roi, mesh = config.roi, _mesh(config)
-    if config.data.dataset != "toy":
-        raise ValueError("task roi runs on the toy world's exams (data.dataset: toy) for now; real-data tiers "
-                         "(GSM8K, MATH, AIME) are not wired to it yet")
-    train_tiers, test_tiers = toy_exam_splits(config.data.toy)
+    if roi.test_tiers:
+        test_tiers = load_tiers(roi.test_tiers, seed=config.seed)
+        train_tiers = load_tiers(roi.train_tiers, seed=config.seed) if roi.train_tiers else [[] for _ in test_tiers]
+    else:
+        train_tiers, test_tiers = toy_exam_splits(config.data.toy)
     sheets = test_sheets(test_tiers, roi, seed=config.seed + 1)
     base = load_policy(config, mesh)
     policies = {"base": base}
@@ -254,8 +255,13 @@ def run_roi_pipeline(config: Config, run_dir: Path) -> dict:
         if not roi.train:
             policies.update(mft=base, mft_rarl=base)
         elif set(roi.methods) & {"mft", "mft_knapsack", "mft_rarl", "oracle"}:
+            if not all(train_tiers):
+                raise ValueError("roi: training (roi.train) needs a question in every training tier; give "
+                                 "roi.train_tiers, or set roi.train: false to evaluate the checkpoint as it is")
             labelled = _interleaved(train_tiers, config.mft.questions, config.seed)
-            stage2 = training_sheets(toy_tiers(labelled), config.mft.stage2_exams, roi, seed=config.seed, prefix="mft")
+            labelled_ids = {q.id for q in labelled}
+            labelled_tiers = [[q for q in tier if q.id in labelled_ids] for tier in train_tiers]
+            stage2 = training_sheets(labelled_tiers, config.mft.stage2_exams, roi, seed=config.seed, prefix="mft")
             policies["mft"] = _trained(config, run_dir / "mft", base, lambda: run_mft(
                 base, roi.rules, labelled, stage2, config.mft, config.train, run_dir / "mft", budgets=roi.budgets,
                 seed=config.seed, metrics=metrics, mesh=mesh)[0], mesh)

@@ -103,12 +103,31 @@ def test_shipped_configs_validate_or_fail_only_on_missing_files(path, monkeypatc
     try:
         load_config(path)
     except ConfigError as e:
-        assert re.match(r"(model\.path: \S+ has no config\.json|data\.\w+_path: \S+ does not exist)", str(e)), e
+        assert re.match(r"(model\.path: \S+ has no config\.json|data\.\w+_path: \S+ does not exist|"
+                        r"roi\.\w+_tiers\[\d\]\.path: \S+ does not exist)", str(e)), e
     if config.model.path.startswith("checkpoints/"):  # a published model: the error says how to get it
         assert config.model.hub_id, "a paper config names the Hub model its checkpoint directory holds"
         with pytest.raises(ConfigError, match=f"huggingface-cli download {config.model.hub_id} --local-dir "
                                               f"{config.model.path}"):
             load_config(path)
+
+
+def test_roi_configs_check_tiers_budgets_and_methods(monkeypatch):
+    monkeypatch.chdir(CONFIGS[0].parents[1])
+    path = "configs/roi_qwen2.5-1.5b-instruct_hard_1024.yaml"
+    on_toy_model = ["model.path=toy_exam"]
+    with pytest.raises(ConfigError, match=r"roi\.train_tiers\[0\]\.path: data/gsm8k/train\.jsonl does not exist; "
+                                          r"no offline source has this file: .*openai/gsm8k"):
+        load_config(path, on_toy_model + ["roi.test_tiers=[]"])
+    config = build(Config, _read_yaml(Path(path)), "")
+    assert (config.roi.budgets, config.roi.orderings, config.roi.level_bounds) == ((1024,), ("hard",), (256, 512, 1024))
+    for override, match in [("roi.budgets=[-5]", "budget below zero"), ("roi.methods=[best]", "unknown"),
+                            ("roi.orderings=[easy_first]", "easy_first is added"),
+                            ("roi.level_bounds=[60, 20]", "strictly increasing"),
+                            ("grpo.max_completion_length=100", "at least the largest roi budget"),
+                            ("mft.label_rule=mean", "label_rule")]:
+        with pytest.raises(ConfigError, match=match):
+            load_config("configs/roi_toy.yaml", [override])
 
 
 def _cli(*args, cwd):

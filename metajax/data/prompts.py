@@ -54,6 +54,8 @@ class PromptConfig:
       level_bounds: ROI-Reasoning level upper bounds in tokens: Level-k covers up to
         `level_bounds[k]` tokens and Level-`len(level_bounds)` means skip (paper: 256, 512, 1024).
       exam_budget: ROI-Reasoning shared token budget stated in the exam prompt (paper: 512, 1024).
+      exam_trigger: a prompting method's sentence added to the roi_exam instructions (the
+        Plan-and-Solve or Least-to-Most baseline), or None.
     """
 
     style: str = "ram"
@@ -62,6 +64,7 @@ class PromptConfig:
     hint_in_fewshot: bool = True
     level_bounds: tuple[int, ...] = ROI_LEVEL_BOUNDS
     exam_budget: int = 512
+    exam_trigger: str | None = None
 
     def __post_init__(self):
         prompt_style(self.style)
@@ -215,7 +218,7 @@ def _roi_exam(cfg: PromptConfig, questions: tuple[Question, ...],
         f"{cfg.exam_budget} tokens; generation stops when the budget is spent.\n"
         f"Start each answer with your predicted cost, {LEVEL_TAG.format('k')}: {levels}. Then solve "
         f"the question and put its final answer in \\boxed{{}}. To skip a question, answer "
-        f"{skip} {SKIP_ANSWER}.")
+        f"{skip} {SKIP_ANSWER}." + (f" {cfg.exam_trigger}" if cfg.exam_trigger else ""))
     body = "".join(f"\n\nQuestion {i}: {question_block(q)}" for i, q in enumerate(questions, 1))
     return Dialogue((Turn(header + body),), force_answer=True)
 

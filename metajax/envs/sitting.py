@@ -65,23 +65,26 @@ class Action:
         return fmt.tag(self.level, position) + start, True
 
 
-def exam_prompts(policy: Policy, rules: ExamRules, exams: Sequence[Exam], budgets: Sequence[int]) -> list[list[int]]:
-    """The prompt ids of each exam, stating its budget."""
+def exam_prompts(policy: Policy, rules: ExamRules, exams: Sequence[Exam], budgets: Sequence[int], *,
+                 trigger: str | None = None) -> list[list[int]]:
+    """The prompt ids of each exam, stating its budget (and a prompting method's `trigger`)."""
     return [policy.exam_prompt_ids(exam.questions, style=rules.format.prompt_style, budget=budget,
-                                   level_bounds=rules.level_bounds) for exam, budget in zip(exams, budgets)]
+                                   level_bounds=rules.level_bounds, trigger=trigger)
+            for exam, budget in zip(exams, budgets)]
 
 
 def sit(policy: Policy, rules: ExamRules, exams: Sequence[Exam], budgets: Sequence[int], *,
         cap: Sequence[int] | None = None, n_samples: int = 1, temperature: float = 0.0, top_p: float = 1.0,
-        rng: jax.Array | None = None, batch_size: int = 64, mesh=None) -> list[ExamOutcome]:
+        rng: jax.Array | None = None, batch_size: int = 64, mesh=None, trigger: str | None = None) -> list[ExamOutcome]:
     """One free generation per exam and sample (`n_samples` consecutive outcomes per exam).
 
     Args:
       budgets: each exam's token budget, stated in its prompt.
       cap: tokens each exam may generate (default: its budget, a hard cut).
+      trigger: a prompting method's sentence in the instructions (roi format only).
     """
     cap = _caps(budgets, cap)
-    prompts = exam_prompts(policy, rules, exams, budgets)
+    prompts = exam_prompts(policy, rules, exams, budgets, trigger=trigger)
     outcomes = []
     for number, start in enumerate(range(0, len(exams), batch_size)):
         part = slice(start, start + batch_size)

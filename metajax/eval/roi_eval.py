@@ -6,7 +6,8 @@ The methods:
 - `cot_all`: the base forced to think on every question in order until the budget runs out; its
   level is, per tier, the level its thoughts reach on average on training questions of that tier;
 - `direct_all`: the base forced to answer every question directly, announcing Level-0;
-- `base`: the base's own free answer to the exam prompt;
+- `base`: the base's own free answer to the exam prompt; `plan_and_solve`, `least_to_most`: the
+  same with the method's sentence added to the instructions (real models);
 - `mft`, `mft_rarl`: the trained policies, free;
 - `mft_knapsack`: MFT predicts each question's level alone; the levels' centroid costs are packed
   in ascending order while they fit the budget, the rest skipped; MFT answers the solved ones;
@@ -25,6 +26,7 @@ import numpy as np
 
 from metajax.data.example import Example
 from metajax.data.formats import EXAM_FORMATS
+from metajax.data.prompts import LEAST_TO_MOST_TRIGGER, PLAN_AND_SOLVE_TRIGGER
 from metajax.envs.answers import ExamOutcome
 from metajax.envs.exam import ORDERINGS, Exam, greedy_knapsack, make_exams, oracle_value
 from metajax.envs.sitting import Action, ExamRules, predict_levels, sit, sit_planned
@@ -33,7 +35,43 @@ from metajax.eval.exam_metrics import exam_summary
 from metajax.rewards.exam import level_of_tokens
 from metajax.sampling.policy import Policy
 
-ROI_METHODS: tuple[str, ...] = ("base", "cot_all", "direct_all", "mft", "mft_knapsack", "mft_rarl", "oracle")
+ROI_METHODS: tuple[str, ...] = ("base", "plan_and_solve", "least_to_most", "cot_all", "direct_all", "mft",
+                                "mft_knapsack", "mft_rarl", "oracle")
+# The prompting baselines' sentences, added to the exam instructions of the base model.
+TRIGGERS = {"plan_and_solve": PLAN_AND_SOLVE_TRIGGER, "least_to_most": LEAST_TO_MOST_TRIGGER}
+
+
+@dataclasses.dataclass(frozen=True)
+class TierSpec:
+    """One difficulty tier of real-data exams: a dataset file, optionally cut to some difficulties.
+
+    Attributes:
+      dataset: a `metajax.data.datasets.DATASETS` name ("gsm8k", "math", "aime", ...).
+      path: the local file or directory (`python -m metajax.data.prepare --out data/` writes them).
+      split: the split or file stem ("test", "train", "2025").
+      difficulties: keep only these difficulty values (MATH's levels 1-5); () keeps all.
+    """
+
+    dataset: str
+    path: str
+    split: str = "test"
+    difficulties: tuple[int, ...] = ()
+
+
+def load_tiers(specs: Sequence[TierSpec], *, seed: int = 0) -> list[list[Example]]:
+    """The questions of each tier, easiest first as given."""
+    from metajax.data.datasets import DatasetSpec, load_dataset
+
+    tiers = []
+    for spec in specs:
+        examples = load_dataset(DatasetSpec(name=spec.dataset, path=spec.path, split=spec.split, seed=seed))
+        if spec.difficulties:
+            examples = [ex for ex in examples if ex.difficulty in spec.difficulties]
+        if not examples:
+            raise ValueError(f"roi tier {spec.dataset} at {spec.path} ({spec.split}) has no questions"
+                             + (f" of difficulty {list(spec.difficulties)}" if spec.difficulties else ""))
+        tiers.append(examples)
+    return tiers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +98,8 @@ class ROIConfig:
       train: run MFT and RARL; False evaluates the configured checkpoint itself as `mft` and
         `mft_rarl` (an eval-only run).
       methods: the rows of the results, from `ROI_METHODS`.
+      train_tiers, test_tiers: real-data tiers (`TierSpec`), easiest first; empty: the toy world's
+        tiers (`metajax.envs.toy_exam`).
     """
 
     format: str = "toy"
@@ -77,6 +117,8 @@ class ROIConfig:
     eval_batch_size: int = 256
     train: bool = True
     methods: tuple[str, ...] = ("cot_all", "direct_all", "mft", "mft_knapsack", "mft_rarl", "oracle")
+    train_tiers: tuple[TierSpec, ...] = ()
+    test_tiers: tuple[TierSpec, ...] = ()
 
     def __post_init__(self):
         if self.format not in EXAM_FORMATS:
@@ -185,6 +227,10 @@ class _Runner:
         kwargs = dict(cap=caps, batch_size=config.eval_batch_size, mesh=self.mesh)
         if method in ("base", "mft", "mft_rarl"):
             return sit(self._policy(method), rules, exams, budgets, **kwargs)
+        if method in TRIGGERS:
+            if rules.format.name != "roi":
+                raise ValueError(f"ROI method {method} adds its sentence to the roi exam prompt; the toy format has none")
+            return sit(self._policy("base"), rules, exams, budgets, trigger=TRIGGERS[method], **kwargs)
         if method == "cot_all":
             levels = self.tier_levels()
             plans = [[Action(levels[t], "think") for t in exam.tiers] for exam in exams]

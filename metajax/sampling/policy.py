@@ -106,10 +106,11 @@ class Policy:
         return _opened_stops(self.tokenizer, self.cfg.vocab_size, tuple(opening), stop_strings, line_markers)
 
     def exam_prompt_ids(self, questions: Sequence[Question], *, style: str, budget: int,
-                        level_bounds: Sequence[int]) -> list[int]:
+                        level_bounds: Sequence[int], trigger: str | None = None) -> list[int]:
         """The prompt of a budgeted exam of `questions`, rendered in the exam `style` with this
-        policy's chat settings, stating `budget` and the levels."""
-        cfg = dataclasses.replace(self.prompt, style=style, exam_budget=budget, level_bounds=tuple(level_bounds))
+        policy's chat settings, stating `budget` and the levels (and a prompting method's `trigger`)."""
+        cfg = dataclasses.replace(self.prompt, style=style, exam_budget=budget, level_bounds=tuple(level_bounds),
+                                  exam_trigger=trigger)
         return encode_prompt(self.tokenizer, cfg, list(questions))
 
 
