@@ -3,7 +3,8 @@
 The completion is the token ids the sampler drew. Its decoding is split into one segment per
 question at the level tags (`ExamFormat.level_pattern`): the j-th tag opens the j-th question's
 segment, which runs to the next tag or the end. Text before the first tag belongs to no question;
-tags past the N-th open no question. A question without a segment was not answered.
+tags past the N-th open no question, but still end the segment before them (a model that invents
+a next question has stopped answering this one). A question without a segment was not answered.
 
 Counting rules (every count is in sampled tokens, never in re-tokenised text):
 - The budget counts every generated token: tags, solutions, separators, text between answers and
@@ -99,13 +100,14 @@ def read_exam(exam: Exam, ids: Sequence[int], decode: Callable[[Sequence[int]], 
     text = decode(ids)
     cut = _TokenCut(ids, decode)
     n = len(exam.questions)
-    tags = list(fmt.level_pattern.finditer(text))[:n]
+    every_tag = list(fmt.level_pattern.finditer(text))
+    tags = every_tag[:n]
     predicted = np.full(n, -1, np.int32)
     skipped, correct, within = (np.zeros(n, bool) for _ in range(3))
     solution, position, starts, ends = (np.zeros(n, np.int32) for _ in range(4))
     skip_level = len(level_bounds)
     for j, tag in enumerate(tags):
-        end = tags[j + 1].start() if j + 1 < len(tags) else len(text)
+        end = every_tag[j + 1].start() if j + 1 < len(every_tag) else len(text)
         body = text[tag.end():end]
         answer_end = tag.end() + _answer_end(body)
         first, tag_end, last = cut(tag.start()), cut(tag.end()), cut(answer_end)
@@ -115,7 +117,7 @@ def read_exam(exam: Exam, ids: Sequence[int], decode: Callable[[Sequence[int]], 
         within[j] = last <= budget
         solution[j] = last - tag_end
         # The last segment keeps whatever follows its answer, the stop token included.
-        end_token = cut(end) if j + 1 < len(tags) else len(ids)
+        end_token = cut(end) if j + 1 < len(every_tag) else len(ids)
         position[j] = min(end_token, budget) - min(first, budget)
         starts[j], ends[j] = tag_end, end_token
     actual = np.asarray(level_of_tokens(solution, tuple(level_bounds)))
