@@ -107,6 +107,14 @@ def test_malformed_output_gets_a_defined_outcome(text, predicted, correct):
     assert out.tokens == len(text) + 1
 
 
+def test_an_invented_question_ends_the_last_answer():
+    text = "<L0> #1 [Assistant] 7\n<L1> #2 <thought> 1+2+3 = 6 </thought>\n[Assistant] 6\n"
+    one = Exam("one", EXAM.questions[1:2], (1,))
+    out = _read(_ids(text.split("<L1>")[0].replace("7", "6") + "<L1> #2 [Assistant] 9\n"), exam=one)
+    assert out.segment_end[0] == len("<L0> #1 [Assistant] 6\n")
+    assert out.correct[0] and out.position_tokens[0] == out.segment_end[0]
+
+
 def test_negative_budget_is_refused():
     with pytest.raises(ValueError, match="below zero"):
         _read(_ids("<L0> 1"), budget=-1)
