@@ -147,6 +147,13 @@ def plot_tokens_by_difficulty(summaries: dict[str, dict], path: Path) -> Path:
     ax.set_title("Generated tokens by difficulty")
     ax.grid(alpha=0.3)
     ax.legend()
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Writes a matplotlib figure as PNG atomically (a temporary file, then a rename) and closes it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     tmp = path.with_name(path.stem + ".tmp.png")
     fig.savefig(tmp)

@@ -6,6 +6,7 @@ import math
 import re
 from pathlib import Path
 
+from metajax.eval.evaluate import save_figure
 from metajax.eval.exam_metrics import FIGURES
 
 _COLUMNS = {"score": "score", "accuracy": "accuracy", "budget_accuracy": "budget acc.", "regret": "regret",
@@ -57,7 +58,7 @@ def plot_results(results: dict[str, dict[str, dict]], out_dir: Path) -> list[Pat
         ax.set(title=f"{ordering} ordering", xlabel="budget (tokens)", ylabel="score", ylim=(0, 1.02))
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=8)
-    paths.append(_save(fig, out_dir / "score_by_budget.png", plt))
+    paths.append(save_figure(fig, out_dir / "score_by_budget.png"))
 
     fig, axes = plt.subplots(1, len(settings), figsize=(4.5 * len(settings), 4), dpi=120, squeeze=False)
     for ax, (_, _, key) in zip(axes[0], settings):
@@ -69,7 +70,7 @@ def plot_results(results: dict[str, dict[str, dict]], out_dir: Path) -> list[Pat
         ax.set(title=key, xlabel="question position", ylabel="tokens spent")
         ax.set_xticks([p + 0.4 - width / 2 for p in range(len(tokens))], [f"P{p + 1}" for p in range(len(tokens))])
     axes[0][-1].legend(fontsize=7)
-    paths.append(_save(fig, out_dir / "tokens_by_position.png", plt))
+    paths.append(save_figure(fig, out_dir / "tokens_by_position.png"))
 
     key = settings[0][2]
     trained = [m for m in ("mft", "mft_rarl") if m in results[key]] or [
@@ -84,14 +85,6 @@ def plot_results(results: dict[str, dict[str, dict]], out_dir: Path) -> list[Pat
                     ax.text(c, r, str(count), ha="center", va="center", fontsize=8)
             ax.set(title=f"{method}, {key}", xlabel="actual level", ylabel="predicted level")
             ax.set_yticks(range(len(matrix)), [str(k) for k in range(len(matrix) - 1)] + ["none"])
-        paths.append(_save(fig, out_dir / "level_confusion.png", plt))
+        paths.append(save_figure(fig, out_dir / "level_confusion.png"))
     return paths
 
-
-def _save(fig, path: Path, plt) -> Path:
-    fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
