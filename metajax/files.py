@@ -1,4 +1,8 @@
-"""Writing run outputs so that a reader never sees half a file and a crash never loses the old one."""
+"""Writing run outputs so that a reader never sees half a file and a crash never loses the old one.
+
+In a multi-process run every process computes the same outputs, and only process 0 writes them: on
+the others these functions write nothing and return the path.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,14 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from metajax.host import is_main_process
+
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Writes `text` to a temporary file beside `path`, then renames it over `path`."""
     path = Path(path)
+    if not is_main_process():
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

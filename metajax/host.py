@@ -23,6 +23,13 @@ def to_host(tree):
     return jax.tree.map(read, tree)
 
 
+def sync(name: str) -> None:
+    """Waits until every process reaches this point (a no-op in a single process): what one process
+    wrote to the shared run directory before it is then there for all."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+
+
 def is_main_process() -> bool:
     """Whether this process writes run outputs (results, plots, exports): process 0 only."""
     return jax.process_index() == 0

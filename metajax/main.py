@@ -36,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
                                        int(os.environ["JAX_PROCESS_ID"]))
         else:
             jax.distributed.initialize()
+        if jax.process_index() != 0:
+            # Every process runs the same program; the console shows process 0's (errors still show).
+            sys.stdout = open(os.devnull, "w")
     from metajax import pipelines
     pipelines.run(config)
     return 0

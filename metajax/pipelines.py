@@ -26,6 +26,7 @@ from metajax.data.example import Example
 from metajax.data.fewshot import select_fewshot
 from metajax.eval.evaluate import evaluate, plot_tokens_by_difficulty, results_table, summarize, write_records
 from metajax.files import write_text_atomic
+from metajax.host import is_main_process, sync
 from metajax.models import load_hf, save_hf
 from metajax.sampling.policy import Policy
 from metajax.train.metrics import MetricsWriter
@@ -61,8 +62,7 @@ def run_training_pipeline(config: Config, run_dir: Path) -> dict:
                 continue
             policy = method.train(config, base, train_questions, run_dir / name, metrics=metrics, fewshot=fewshot,
                                   mesh=mesh)
-            save_hf(policy.params, policy.cfg, run_dir / name / "final")
-            _copy_tokenizer(config, run_dir / name / "final")
+            _save_policy(config, policy, run_dir / name / "final")
             trained[name] = policy
         summaries = evaluate_methods(config, run_dir, eval_questions, base, trained, fewshot=fewshot, mesh=mesh,
                                      metrics=metrics)
@@ -201,12 +201,17 @@ def _model_dir(config: Config) -> Path:
     return TOY_MODEL_DIRS.get(config.model.path, Path(config.model.path))
 
 
-def _copy_tokenizer(config: Config, directory: Path) -> None:
+def _save_policy(config: Config, policy: Policy, directory: Path) -> None:
+    """The policy as a Hugging Face directory with the base model's tokenizer, there for every
+    process once this returns."""
     import shutil
+    save_hf(policy.params, policy.cfg, directory)
     source = _model_dir(config)
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        if (source / name).is_file():
-            shutil.copy2(source / name, directory / name)
+    if is_main_process():
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+            if (source / name).is_file():
+                shutil.copy2(source / name, directory / name)
+    sync(f"saved {directory}")
 
 
 def _mesh(config: Config):
@@ -299,8 +304,7 @@ def _trained(config: Config, out_dir: Path, base: Policy, train: Callable[[], Po
         params, _ = load_hf(final, dtype=_dtype(config.model.dtype), mesh=mesh)
         return base.with_params(params)
     policy = train()
-    save_hf(policy.params, policy.cfg, final)
-    _copy_tokenizer(config, final)
+    _save_policy(config, policy, final)
     return policy
 
 

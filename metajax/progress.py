@@ -6,6 +6,16 @@ import contextlib
 import time
 from collections.abc import Iterator
 
+from tqdm.auto import tqdm
+
+from metajax.host import is_main_process
+
+
+def bar(iterable=None, *, disable: bool = False, **kwargs) -> tqdm:
+    """A tqdm progress bar, shown by process 0 only: every process of a multi-process run goes
+    through the same loop, and one bar is what a user wants to read."""
+    return tqdm(iterable, disable=disable or not is_main_process(), **kwargs)
+
 
 @contextlib.contextmanager
 def phase(label: str, what: str) -> Iterator[None]:

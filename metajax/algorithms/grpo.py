@@ -27,12 +27,12 @@ from typing import Literal, Protocol
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
 from metajax.algorithms.completion_rewards import RewardTerm, reward_columns, total_reward
 from metajax.data.example import Example
 from metajax.host import to_host
 from metajax.models.logprobs import token_logprobs
+from metajax.progress import bar as progress_bar
 from metajax.rewards.advantages import group_advantages
 from metajax.sampling.policy import Policy
 from metajax.sampling.rollouts import Rollouts, completions, rollout
@@ -234,7 +234,7 @@ def run_grpo(base: Policy, task: GroupTask | Sequence[Example], config: GRPOConf
             state, saved = checkpointer.restore(like=state)
             print(f"[{desc}] resuming after step {saved['step']} (data position {saved['data_position']})")
         first = int(state.step) // config.updates_per_step
-        bar = tqdm(total=config.max_steps, initial=first, desc=desc, disable=not progress)
+        bar = progress_bar(total=config.max_steps, initial=first, desc=desc, disable=not progress)
         for step in range(first, config.max_steps):
             key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), step)
             times = [time.perf_counter()]

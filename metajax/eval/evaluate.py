@@ -21,6 +21,7 @@ from metajax.data.example import Example
 from metajax.data.graders import extract_answer, grade_example, split_ram_completion
 from metajax.data.formats import ANSWER_MARKER, THOUGHT_CLOSE, THOUGHT_OPEN, USER_MARKER
 from metajax.files import write_jsonl_atomic
+from metajax.host import is_main_process
 from metajax.sampling.policy import Policy
 from metajax.sampling.rollouts import Completion, complete
 from metajax.sampling.sampler import StopReason
@@ -151,14 +152,16 @@ def plot_tokens_by_difficulty(summaries: dict[str, dict], path: Path) -> Path:
 
 
 def save_figure(fig, path: Path) -> Path:
-    """Writes a matplotlib figure as PNG atomically (a temporary file, then a rename) and closes it."""
+    """Writes a matplotlib figure as PNG atomically (a temporary file, then a rename) and closes it;
+    only process 0 of a multi-process run writes."""
     import matplotlib.pyplot as plt
 
-    fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp)
+    if is_main_process():
+        fig.tight_layout()
+        tmp = path.with_name(path.stem + ".tmp.png")
+        fig.savefig(tmp)
+        tmp.replace(path)
     plt.close(fig)
-    tmp.replace(path)
     return path
 
 

@@ -15,12 +15,12 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
 from metajax.batching import bucket, pad_rows
 from metajax.data.formats import ANSWER_MARKER
 from metajax.host import to_host
 from metajax.models.sharding import batch_sharding
+from metajax.progress import bar as progress_bar
 from metajax.sampling.policy import Policy
 from metajax.sampling.sampler import generate
 
@@ -165,7 +165,7 @@ def complete(policy: Policy, prompts: Sequence[Sequence[int]], *, max_new_tokens
     per prompt, in prompt order. Batch b samples with `fold_in(rng, b)`."""
     out: list[Completion] = []
     starts = range(0, len(prompts), batch_size)
-    for batch_number, start in enumerate(tqdm(starts, desc=desc, disable=desc is None, leave=False)):
+    for batch_number, start in enumerate(progress_bar(starts, desc=desc, disable=desc is None, leave=False)):
         key = None if rng is None else jax.random.fold_in(rng, batch_number)
         rows = rollout(policy, prompts[start:start + batch_size], max_new_tokens=max_new_tokens, n_samples=n_samples,
                        temperature=temperature, top_p=top_p, rng=key, opening=opening, mesh=mesh)

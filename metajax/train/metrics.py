@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from metajax.host import is_main_process
+
 
 class MetricsWriter:
     """Appends `{"step", "stage", "metrics", "time"}` lines to `run_dir/metrics.jsonl`.
@@ -19,14 +21,19 @@ class MetricsWriter:
     has no NaN). Scalars also go to TensorBoard event files in `run_dir/tensorboard` as
     "<stage>/<name>" when `tensorboardX` or TensorFlow is importable.
 
+    In a multi-process run only process 0 writes; on the others `write` does nothing.
+
     Args:
       tensorboard: True requires a TensorBoard writer, False disables it, None uses one if available.
     """
 
     def __init__(self, run_dir, *, tensorboard: bool | None = None):
         self.run_dir = os.fspath(run_dir)
-        os.makedirs(self.run_dir, exist_ok=True)
         self.path = os.path.join(self.run_dir, "metrics.jsonl")
+        self._file = self._tensorboard = None
+        if not is_main_process():
+            return
+        os.makedirs(self.run_dir, exist_ok=True)
         self._file = open(self.path, "a", encoding="utf-8")
         self._tensorboard = None if tensorboard is False else _tensorboard_writer(
             os.path.join(self.run_dir, "tensorboard"))
@@ -36,6 +43,8 @@ class MetricsWriter:
     def write(self, step: int, metrics: dict[str, Any], *, stage: str) -> None:
         """Logs scalar `metrics` (Python, numpy or JAX numbers) at `step` of `stage`."""
         values = {name: _scalar(name, value) for name, value in metrics.items()}
+        if self._file is None:
+            return
         line = {"step": int(step), "stage": stage,
                 "metrics": {k: v if math.isfinite(v) else None for k, v in values.items()},
                 "time": time.time()}
@@ -46,7 +55,8 @@ class MetricsWriter:
                 self._tensorboard.scalar(f"{stage}/{name}", value, int(step))
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
         if self._tensorboard is not None:
             self._tensorboard.close()
 

@@ -16,12 +16,12 @@ from collections.abc import Iterator, Sequence
 
 import jax
 import numpy as np
-from tqdm.auto import tqdm
 
 from metajax.batching import bucket, pad_rows
 from metajax.host import to_host
 from metajax.models.config import ModelConfig
 from metajax.models.transformer import Params
+from metajax.progress import bar as progress_bar
 from metajax.train.losses import SFTLoss
 from metajax.train.optim import OptimizerConfig, make_optimizer, make_schedule
 from metajax.train.state import init_train_state
@@ -104,7 +104,7 @@ def train_sft(params: Params, cfg: ModelConfig, sequences: Sequence[tuple[Sequen
                               grad_accum=grad_accum, skip_nonfinite=optim.skip_nonfinite)
     first_epoch, skip = divmod(int(state.step), steps_per_epoch)
     history = []
-    with tqdm(total=total_steps, initial=int(state.step), desc=desc, disable=not progress) as bar:
+    with progress_bar(total=total_steps, initial=int(state.step), desc=desc, disable=not progress) as bar:
         for epoch in range(first_epoch, epochs):
             batches = sft_batches(sequences, batch_size=batch_size, seed=seed, epoch=epoch)
             for batch in itertools.islice(batches, skip if epoch == first_epoch else 0, None):
