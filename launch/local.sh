@@ -19,20 +19,24 @@ n="$1"; config="$2"; shift 2
 devices="${DEVICES_PER_PROCESS:-1}"
 port="${PORT:-$((20000 + RANDOM % 20000))}"
 cd "$(dirname "$0")/.."
+# Process i's command, built in one place for both the dry run and the launch.
+process_command() {
+  command=(env JAX_PLATFORMS=cpu "XLA_FLAGS=--xla_force_host_platform_device_count=$devices"
+           "JAX_COORDINATOR_ADDRESS=127.0.0.1:$port" "JAX_NUM_PROCESSES=$n" "JAX_PROCESS_ID=$1"
+           python3 -m metajax.main --distributed --config "$config" "${@:2}")
+}
 if [ "$dry_run" = 1 ]; then
   for ((i = 0; i < n; i++)); do
-    printf 'JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=%s JAX_COORDINATOR_ADDRESS=127.0.0.1:%s JAX_NUM_PROCESSES=%s JAX_PROCESS_ID=%s python3 -m metajax.main --distributed --config %q' \
-      "$devices" "$port" "$n" "$i" "$config"
-    [ $# -gt 0 ] && printf ' %q' "$@"; echo
+    process_command "$i" "$@"
+    printf '%q' "${command[0]}"; printf ' %q' "${command[@]:1}"; echo
   done
   exit 0
 fi
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true' INT TERM EXIT
 for ((i = 0; i < n; i++)); do
-  JAX_PLATFORMS=cpu XLA_FLAGS="--xla_force_host_platform_device_count=$devices" \
-  JAX_COORDINATOR_ADDRESS="127.0.0.1:$port" JAX_NUM_PROCESSES="$n" JAX_PROCESS_ID="$i" \
-    python3 -m metajax.main --distributed --config "$config" "$@" > >(sed -u "s/^/[$i] /") 2>&1 &
+  process_command "$i" "$@"
+  "${command[@]}" > >(sed -u "s/^/[$i] /") 2>&1 &
   pids+=("$!")
 done
 status=0

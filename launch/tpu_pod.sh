@@ -8,8 +8,8 @@
 #   The repository is copied to ~/metajax on each worker and installed with tpu_setup.sh.
 #   --dry-run prints the three gcloud commands instead of running them.
 #   run_dir must be a directory every worker reads and writes (a shared mount: NFS, Filestore, or a
-#   bucket through gcsfuse): the
-#   workers save and restore orbax checkpoints there together, and process 0 writes the results.
+#   bucket through gcsfuse): the workers save and restore orbax checkpoints there together, and
+#   process 0 writes the results.
 set -euo pipefail
 dry_run=0
 if [ "${1:-}" = "--dry-run" ]; then dry_run=1; shift; fi

@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
         import os
 
         import jax
+
+        from metajax.host import is_main_process
         # On TPU VMs initialize() discovers its peers; GPU launchers export the coordinator address.
         coordinator = os.environ.get("JAX_COORDINATOR_ADDRESS")
         if coordinator:
@@ -36,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
                                        int(os.environ["JAX_PROCESS_ID"]))
         else:
             jax.distributed.initialize()
-        if jax.process_index() != 0:
+        if not is_main_process():
             # Every process runs the same program; the console shows process 0's (errors still show).
             sys.stdout = open(os.devnull, "w")
     from metajax import pipelines

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
-from metajax.host import to_host
+from metajax.host import is_main_process, to_host
 from metajax.models.config import ModelConfig, config_from_hf, config_to_hf
 from metajax.models.transformer import Params, is_param_spec, param_specs
 
@@ -99,7 +99,7 @@ def save_hf(params: Params, cfg: ModelConfig, path: str | os.PathLike, *,
         hf_config = config_to_hf(cfg)
         if dtype is not None:
             hf_config["torch_dtype"] = jnp.dtype(dtype).name
-        if jax.process_index() == 0:
+        if is_main_process():
             (staging / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
         _write_safetensors_shards(_hf_tensors(params, cfg, dtype), staging, max_shard_bytes)
         replace_dir(staging, path)
@@ -366,7 +366,7 @@ def _write_safetensors_shards(tensors: Iterator[tuple[str, np.ndarray]], out: Pa
             shard_bytes = 0
         shards[-1].append((name, np.ascontiguousarray(array)))
         shard_bytes += array.nbytes
-    if jax.process_index() != 0:
+    if not is_main_process():
         return
     if len(shards) == 1:
         _write_safetensors(out / SAFE_WEIGHTS, shards[0])
@@ -416,7 +416,7 @@ def staging_dir(target: Path) -> Path:
 def replace_dir(staging: Path, target: Path) -> None:
     """Moves `staging` to `target`; an existing `target` is set aside first and only deleted once
     the new directory is in place."""
-    if jax.process_index() != 0:
+    if not is_main_process():
         shutil.rmtree(staging, ignore_errors=True)
         return
     old = None
