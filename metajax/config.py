@@ -43,6 +43,8 @@ class ModelSection:
     hub_id: the Hugging Face model id `path` holds (documentation, and the download hint when the
       directory is missing); weights are only ever read from `path`.
     dtype: parameter dtype. compute_dtype: training compute dtype (bf16 keeps fp32 master weights).
+    remat: what each block recomputes in training's backward pass instead of keeping: "none",
+      "save_dots" (keeps the weight matmuls' outputs) or "full" (keeps only each block's input).
     """
 
     path: str = "toy"
@@ -50,7 +52,7 @@ class ModelSection:
     hub_id: str | None = None
     dtype: Literal["float32", "bfloat16"] = "float32"
     compute_dtype: Literal["float32", "bfloat16"] = "float32"
-    remat: bool = False
+    remat: Literal["none", "save_dots", "full"] = "none"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,8 +124,13 @@ class Config:
     mft: MFTConfig = MFTConfig()
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: typing.Sequence[str] = ()) -> Config:
-    """Reads a YAML file (or the defaults when `path` is None) and applies `key.sub=value` overrides."""
+def load_config(path: str | os.PathLike | None = None, overrides: typing.Sequence[str] = (), *,
+                check_files: bool = True) -> Config:
+    """Reads a YAML file (or the defaults when `path` is None) and applies `key.sub=value` overrides.
+
+    `check_files=False` skips the checks that the model and data files exist, for tools that read
+    only the settings (`metajax.aot` compiles from shapes, with no weights or data).
+    """
     raw = _read_yaml(Path(path)) if path is not None else {}
     for item in overrides:
         key, sep, value = item.partition("=")
@@ -137,7 +144,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: typing.Sequenc
                 raise ConfigError(f"override {item!r}: {part!r} is not a section")
         node[parts[-1]] = yaml.safe_load(value) if value else ""
     config = build(Config, raw, "")
-    validate(config)
+    validate(config, check_files=check_files)
     return config
 
 
@@ -258,9 +265,9 @@ def gguf_file(name: str) -> Path:
         return Path(name)
 
 
-def validate(config: Config) -> None:
+def validate(config: Config, *, check_files: bool = True) -> None:
     """Range and file checks that types alone cannot express."""
-    from metajax.pipelines import METHODS, TASKS, TOY_MODEL_DIRS
+    from metajax.pipelines import METHODS, TASKS
 
     if config.task not in TASKS:
         raise ConfigError(f"task: {config.task!r} is not one of {', '.join(TASKS)}")
@@ -272,6 +279,34 @@ def validate(config: Config) -> None:
             raise ConfigError(f"{key} must be >= 1 (a token budget or count below one cannot run); got {value}")
     if data.fewshot < 0:
         raise ConfigError(f"data.fewshot must be >= 0; got {data.fewshot}")
+    if config.model.dtype == "bfloat16" and config.task not in ("eval", "convert"):
+        raise ConfigError(
+            "model.dtype: bfloat16 keeps the master weights in bf16, which rounds away every AdamW update "
+            "smaller than about 1/256 of a weight (at learning rate 1e-6, 98% of weights drawn like a Llama's "
+            "never change); train with model.dtype: float32 and model.compute_dtype: bfloat16 (fp32 master "
+            "weights and optimizer state, bf16 forward, backward and sampling)")
+    if check_files:
+        _check_files(config)
+    trains = config.task in METHODS and METHODS[config.task].train is not None
+    if data.dataset != "toy" and data.source == "local" and data.train_path is None and trains:
+        raise ConfigError(f"data.train_path is required for dataset {data.dataset!r} with source 'local'")
+    if config.task == "roi":
+        if config.roi.train_tiers and len(config.roi.train_tiers) != len(config.roi.test_tiers):
+            raise ConfigError("roi.train_tiers and roi.test_tiers must list the same tiers (one of each per "
+                              "difficulty), easiest first")
+        if config.grpo.max_completion_length < max(config.roi.budgets):
+            raise ConfigError(f"grpo.max_completion_length {config.grpo.max_completion_length} must be at least "
+                              f"the largest roi budget {max(config.roi.budgets)}: RARL rollouts run to the budget")
+    unknown = [m for m in ev.methods if m not in METHODS]
+    if unknown:
+        raise ConfigError(f"eval.methods: unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
+
+
+def _check_files(config: Config) -> None:
+    """The model, GGUF and data files a run reads exist, or an error says where to get them."""
+    from metajax.pipelines import TOY_MODEL_DIRS
+
+    data = config.data
     if config.model.path not in TOY_MODEL_DIRS and config.model.gguf is None and config.task != "toy_pretrain":
         if not (Path(config.model.path) / "config.json").is_file():
             hint = ("point it at a Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer.json), "
@@ -290,9 +325,6 @@ def validate(config: Config) -> None:
         if value is not None and data.source == "local" and not Path(value).exists():
             from metajax.data.prepare import missing_file_hint
             raise ConfigError(f"data.{key}: {value} does not exist; {missing_file_hint(data.dataset, value)}")
-    trains = config.task in METHODS and METHODS[config.task].train is not None
-    if data.dataset != "toy" and data.source == "local" and data.train_path is None and trains:
-        raise ConfigError(f"data.train_path is required for dataset {data.dataset!r} with source 'local'")
     if config.task == "roi":
         from metajax.data.prepare import missing_file_hint
         for key in ("train_tiers", "test_tiers"):
@@ -300,12 +332,3 @@ def validate(config: Config) -> None:
                 if not Path(tier.path).exists():
                     raise ConfigError(f"roi.{key}[{i}].path: {tier.path} does not exist; "
                                       f"{missing_file_hint(tier.dataset, tier.path)}")
-        if config.roi.train_tiers and len(config.roi.train_tiers) != len(config.roi.test_tiers):
-            raise ConfigError("roi.train_tiers and roi.test_tiers must list the same tiers (one of each per "
-                              "difficulty), easiest first")
-        if config.grpo.max_completion_length < max(config.roi.budgets):
-            raise ConfigError(f"grpo.max_completion_length {config.grpo.max_completion_length} must be at least "
-                              f"the largest roi budget {max(config.roi.budgets)}: RARL rollouts run to the budget")
-    unknown = [m for m in ev.methods if m not in METHODS]
-    if unknown:
-        raise ConfigError(f"eval.methods: unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")

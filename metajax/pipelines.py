@@ -162,7 +162,9 @@ def load_policy(config: Config, mesh=None) -> Policy:
         gguf_to_hf(gguf_file(config.model.gguf), directory)
     params, cfg = load_hf(directory, dtype=_dtype(config.model.dtype), mesh=mesh)
     tokenizer = AutoTokenizer.from_pretrained(str(directory))
-    policy = Policy.of(params, cfg, tokenizer, chat=config.prompting.chat, system_prompt=config.prompting.system_prompt)
+    sample_dtype = None if config.model.compute_dtype == config.model.dtype else _dtype(config.model.compute_dtype)
+    policy = Policy.of(params, cfg, tokenizer, chat=config.prompting.chat, system_prompt=config.prompting.system_prompt,
+                       compute_dtype=sample_dtype)
     print(f"[model] {directory}: {'chat template' if policy.prompt.chat else 'base-model text format'}")
     return policy
 
@@ -269,7 +271,8 @@ def run_roi_pipeline(config: Config, run_dir: Path) -> dict:
             stage2 = training_sheets(labelled_tiers, config.mft.stage2_exams, roi, seed=config.seed, prefix="mft")
             policies["mft"] = _trained(config, run_dir / "mft", base, lambda: run_mft(
                 base, roi.rules, labelled, stage2, config.mft, config.train, run_dir / "mft", budgets=roi.budgets,
-                seed=config.seed, metrics=metrics, mesh=mesh)[0], mesh)
+                seed=config.seed, metrics=metrics, mesh=mesh, remat=config.model.remat,
+                compute_dtype=_dtype(config.model.compute_dtype))[0], mesh)
             if set(roi.methods) & {"mft_rarl", "oracle"}:
                 rarl = training_sheets(train_tiers, roi.train_exams, roi, seed=config.seed + 2, prefix="rarl")
                 check_disjoint([e for e, _ in rarl + stage2], sheets["easy_first"])

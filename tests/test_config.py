@@ -112,6 +112,21 @@ def test_shipped_configs_validate_or_fail_only_on_missing_files(path, monkeypatc
             load_config(path)
 
 
+def test_training_on_bf16_master_weights_is_refused_with_the_fix(monkeypatch):
+    """bf16 rounds an update of 1e-6 on a weight of 0.02 to nothing; evaluation in bf16 is fine."""
+    import jax.numpy as jnp
+    assert float(jnp.bfloat16(0.02) + jnp.bfloat16(1e-6)) == float(jnp.bfloat16(0.02))
+    for task in ("ram", "grpo", "roi"):
+        with pytest.raises(ConfigError, match="model.dtype: float32 and model.compute_dtype: bfloat16"):
+            load_config(f"{CONFIGS[0].parent}/{task}_toy.yaml", ["model.dtype=bfloat16"])
+    config = load_config(None, ["task=eval", "model.dtype=bfloat16", "eval.methods=[base]"])
+    assert config.model.dtype == "bfloat16"
+    # The remat policy is one of three names.
+    assert load_config(None, ["model.remat=save_dots"]).model.remat == "save_dots"
+    with pytest.raises(ConfigError, match="model.remat"):
+        load_config(None, ["model.remat=true"])
+
+
 def test_roi_configs_check_tiers_budgets_and_methods(monkeypatch):
     monkeypatch.chdir(CONFIGS[0].parents[1])
     path = "configs/roi_qwen2.5-1.5b-instruct_hard_1024.yaml"

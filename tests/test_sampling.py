@@ -545,6 +545,18 @@ def test_bfloat16_cache_agrees_with_float32_while_the_margin_is_clear(llama, lla
     assert np.abs(bf16.logprobs - llama_greedy.logprobs).max() > 1e-4
 
 
+def test_bfloat16_compute_over_float32_params_is_sampling_with_the_cast_params(llama):
+    """`compute_dtype` casts inside the program: the same tokens and log-probs as handing the sampler
+    a bf16 copy, and the fp32 master params are left as they were."""
+    params, cfg, _ = llama
+    cast = jax.tree.map(lambda p: p.astype(jnp.bfloat16), params)
+    master = generate(params, cfg, PROMPTS, max_new_tokens=MAX_NEW, temperature=0.0, compute_dtype=jnp.bfloat16)
+    copy = generate(cast, cfg, PROMPTS, max_new_tokens=MAX_NEW, temperature=0.0)
+    assert master.token_lists() == copy.token_lists()
+    np.testing.assert_array_equal(master.logprobs, copy.logprobs)
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
+
+
 # ----------------------------------------------------------------------------------------------
 # Bad input: a clear ValueError before anything is traced.
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from jax.sharding import AxisType, PartitionSpec as P
 
-from metajax.models import MeshConfig, forward, init_params, load_hf, make_mesh
+from metajax.models import MeshConfig, decode_step, forward, init_params, load_hf, make_mesh, prefill
 from metajax.models.sharding import LOGICAL_AXIS_RULES, batch_sharding, logical_to_spec
 
 jit_forward = jax.jit(forward, static_argnums=1)
@@ -162,3 +162,64 @@ def test_make_mesh():
         make_mesh((2, 4))
     with pytest.raises(ValueError, match=r"mesh shape \(2, 2, 1\) does not match 8 devices"):
         make_mesh((2, 2, 1))
+
+
+# ----------------------------------------------------------------------------------------------
+# The KV cache and checkpoints across meshes.
+
+
+def test_kv_cache_is_sharded_like_its_logical_axes(hf_checkpoint, one_device):
+    """Prompts over data x fsdp, KV heads over tensor, in prefill and after a decode step."""
+    _, cfg, tokens, mask, _ = one_device
+    mesh = make_mesh(MeshConfig(2, 2, 2))
+    params, _ = load_hf(hf_checkpoint("llama3").path, mesh=mesh)
+    batch = ("data", "fsdp")
+    with jax.set_mesh(mesh):
+        prompts = jax.device_put(tokens[:, :16], batch_sharding(mesh, (BATCH, 16)))
+        prompt_mask = jax.device_put(mask[:, :16] | True, batch_sharding(mesh, (BATCH, 16)))
+        _, cache = jax.jit(prefill, static_argnums=1, static_argnames=("num_samples", "max_new_tokens"))(
+            params, cfg, prompts, prompt_mask, num_samples=2, max_new_tokens=8)
+        step = jax.jit(decode_step, static_argnums=1)
+        _, cache = step(params, cfg, jax.numpy.ones((BATCH, 2), jax.numpy.int32),
+                        jax.numpy.full((BATCH, 2), 16, jax.numpy.int32), cache, jax.numpy.int32(0))
+    def sharded_as(x, *spec):
+        return x.sharding.is_equivalent_to(jax.sharding.NamedSharding(mesh, P(*spec)), x.ndim)
+
+    assert sharded_as(cache.prompt_k, None, batch, "tensor", None, None)
+    assert sharded_as(cache.k, None, batch, None, "tensor", None, None)
+    assert sharded_as(cache.prompt_mask, batch, None)
+    shard = cache.k.addressable_shards[0].data.shape
+    assert shard == (cfg.num_layers, BATCH // 4, 2, cfg.num_kv_heads // 2, 8, cfg.head_dim)
+
+
+def test_a_checkpoint_restores_onto_another_mesh_shape(hf_checkpoint, tmp_path):
+    """Saved from a (data 2, fsdp 2, tensor 2) run, restored onto fsdp 8 and onto one device: same
+    values, the new run's shardings."""
+    from metajax.train import Checkpointer, OptimizerConfig, init_train_state, make_optimizer
+    from metajax.models.sharding import named_sharding
+    from metajax.models.transformer import abstract_params, is_param_spec, param_specs
+    from metajax.train.state import abstract_train_state
+
+    optimizer = make_optimizer(OptimizerConfig())
+    saved_mesh = make_mesh(MeshConfig(2, 2, 2))
+    params, cfg = load_hf(hf_checkpoint("llama3").path, mesh=saved_mesh)
+    state = init_train_state(params, optimizer, jax.random.key(3))
+    with Checkpointer(tmp_path / "ckpt") as checkpointer:
+        checkpointer.save(1, state, force=True)
+        for mesh_config in (MeshConfig(1, 8, 1), None):
+            mesh = None if mesh_config is None else make_mesh(mesh_config)
+            like = abstract_train_state(abstract_params(cfg, mesh=mesh), optimizer)
+            if mesh is None:  # one device: every leaf on the first CPU device
+                one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+                like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one), like)
+            restored, _ = checkpointer.restore(1, like=like)
+            for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
+                np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+            if mesh is not None:
+                wanted = jax.tree.map(lambda s: named_sharding(mesh, s.logical_axes, s.shape), param_specs(cfg),
+                                      is_leaf=is_param_spec)
+                for got, sharding in zip(jax.tree.leaves(restored.params), jax.tree.leaves(wanted)):
+                    assert got.sharding == sharding
+                assert restored.params["embed"].sharding.spec == P(None, "fsdp")
+            else:
+                assert all(len(x.devices()) == 1 for x in jax.tree.leaves(restored))

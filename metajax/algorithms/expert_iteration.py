@@ -58,6 +58,8 @@ class ExpertIterationConfig:
         ("log") or gamma*l(z) ("linear") (RaM: 0.1, log, 1e-4).
       reset_to_base: train each round from the base model, not the last policy (RaM: on).
       epochs, batch_size: SFT over the filtered rows (RaM: 1 epoch, batch 16).
+      gradient_accumulation_steps: micro-batches per SFT update (less activation memory, the same
+        gradient); must divide batch_size.
       rollout_batch_size, score_batch_size: prompts per sampler call / sequences per scoring call.
     """
 
@@ -76,14 +78,18 @@ class ExpertIterationConfig:
     reset_to_base: bool = True
     epochs: int = 1
     batch_size: int = 16
+    gradient_accumulation_steps: int = 1
     rollout_batch_size: int = 64
     score_batch_size: int = 64
 
     def __post_init__(self):
         for name in ("iterations", "questions_per_iteration", "samples_per_question", "max_new_tokens",
-                     "epochs", "batch_size", "rollout_batch_size", "score_batch_size"):
+                     "epochs", "batch_size", "gradient_accumulation_steps", "rollout_batch_size", "score_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"expert_iteration.{name} must be >= 1, got {getattr(self, name)}")
+        if self.batch_size % self.gradient_accumulation_steps:
+            raise ValueError(f"expert_iteration.gradient_accumulation_steps={self.gradient_accumulation_steps} must "
+                             f"divide batch_size={self.batch_size}")
         if self.gamma < 0 or self.eps <= 0:
             raise ValueError("expert_iteration.gamma must be >= 0 and eps > 0")
         if not 0 < self.top_p <= 1 or self.temperature < 0:
@@ -239,7 +245,7 @@ def save_rows(path: Path, policy: Policy, questions: Sequence[Example], rows: Se
 
 def run_expert_iteration(base: Policy, questions: Sequence[Example], config: ExpertIterationConfig,
                          optim: OptimizerConfig, out_dir: Path, *, rng: jax.Array, seed: int = 0, metrics=None,
-                         fewshot: Sequence[Example] = (), mesh=None, remat: bool = False,
+                         fewshot: Sequence[Example] = (), mesh=None, remat: str = "none",
                          compute_dtype=None) -> Policy:
     """Expert iteration over a growing pool of `questions`; returns the final policy.
 
@@ -277,7 +283,7 @@ def run_expert_iteration(base: Policy, questions: Sequence[Example], config: Exp
             params, history = train_sft(
                 start_params, base.cfg, training_sequences(policy, pool, rows), optim=optim,
                 batch_size=config.batch_size, epochs=config.epochs, seed=seed + iteration, mesh=mesh, remat=remat,
-                compute_dtype=compute_dtype, desc=f"{config.filter} sft {iteration + 1}")
+                grad_accum=config.gradient_accumulation_steps, compute_dtype=compute_dtype, desc=f"{config.filter} sft {iteration + 1}")
             policy = policy.with_params(params)
             checkpointer.save(iteration + 1, params, metadata={"iteration": iteration + 1, **stats}, force=True)
             stats.update(sft_loss_first=history[0]["loss"], sft_loss_last=history[-1]["loss"],

@@ -207,7 +207,7 @@ class QuestionTask:
 
 def run_grpo(base: Policy, task: GroupTask | Sequence[Example], config: GRPOConfig, optim: OptimizerConfig,
              out_dir: Path, *, seed: int = 0, metrics=None, fewshot: Sequence[Example] = (), mesh=None,
-             remat: bool = False, compute_dtype=None, progress: bool = True, desc: str = "grpo") -> Policy:
+             remat: str = "none", compute_dtype=None, progress: bool = True, desc: str = "grpo") -> Policy:
     """Trains `base` with GRPO / Dr. GRPO on `task` (a `GroupTask`, or training questions, which
     become a `QuestionTask` with `fewshot`); returns the final policy.
 

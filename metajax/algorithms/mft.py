@@ -54,6 +54,8 @@ class MFTConfig:
         fit the budget, by the oracle's dynamic programme on the labelled costs) or "in_order" (solve
         each question whose labelled cost fits what is left, in order).
       epochs: passes over each stage's rows. batch_size: rows per update.
+      gradient_accumulation_steps: micro-batches per update (less activation memory, the same
+        gradient); must divide batch_size.
       learning_rate: the stages' peak rate (None: `train.learning_rate`).
       sample_batch_size: exams per sampling call.
     """
@@ -67,13 +69,18 @@ class MFTConfig:
     stage2_plan: Literal["best", "in_order"] = "best"
     epochs: int = 1
     batch_size: int = 16
+    gradient_accumulation_steps: int = 1
     learning_rate: float | None = None
     sample_batch_size: int = 64
 
     def __post_init__(self):
-        for name in ("questions", "samples_per_question", "epochs", "batch_size", "sample_batch_size"):
+        for name in ("questions", "samples_per_question", "epochs", "batch_size", "gradient_accumulation_steps",
+                     "sample_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"mft.{name} must be >= 1, got {getattr(self, name)}")
+        if self.batch_size % self.gradient_accumulation_steps:
+            raise ValueError(f"mft.gradient_accumulation_steps={self.gradient_accumulation_steps} must divide "
+                             f"batch_size={self.batch_size}")
         if self.label_rule not in LABEL_RULES:
             raise ValueError(f"mft.label_rule {self.label_rule!r} is not one of {LABEL_RULES}")
         if self.stage2_exams < 0 or (self.stage1_budget is not None and self.stage1_budget < 1):
@@ -161,9 +168,11 @@ def exam_target(policy: Policy, rules: ExamRules, labels: Sequence[Label], budge
 
 def run_mft(base: Policy, rules: ExamRules, questions: Sequence[Example], stage2_exams: Sequence[tuple[Exam, int]],
             config: MFTConfig, optim: OptimizerConfig, out_dir: Path, *, budgets: Sequence[int], seed: int = 0,
-            metrics=None, mesh=None, progress: bool = True) -> tuple[Policy, dict]:
+            metrics=None, mesh=None, remat: str = "none", compute_dtype=None,
+            progress: bool = True) -> tuple[Policy, dict]:
     """Labels `questions` by rejection sampling from `base`, then fine-tunes on single questions and
     on `stage2_exams` ((exam, budget) pairs); returns the policy and a summary of the labels.
+    `remat` and `compute_dtype` are the shared train step's (`metajax.train.make_train_step`).
 
     Writes `mft_labels.jsonl` (one line per question: level, correct samples, the solution text).
     """
@@ -182,9 +191,10 @@ def run_mft(base: Policy, rules: ExamRules, questions: Sequence[Example], stage2
     optim = optim if config.learning_rate is None else dataclasses.replace(optim, learning_rate=config.learning_rate)
     prompts = exam_prompts(base, rules, singles, [budget] * len(singles))
     stage1 = [_row(p, answer_ids(base, rules, lab) + [base.stop_ids[-1]]) for p, lab in zip(prompts, labels)]
-    params, _ = train_sft(base.params, base.cfg, stage1, optim=optim, batch_size=config.batch_size,
-                          epochs=config.epochs, seed=seed, mesh=mesh, metrics=metrics, progress=progress,
-                          desc="mft/stage1")
+    sft = dict(optim=optim, batch_size=config.batch_size, epochs=config.epochs, mesh=mesh, metrics=metrics,
+               progress=progress, remat=remat, compute_dtype=compute_dtype,
+               grad_accum=config.gradient_accumulation_steps)
+    params, _ = train_sft(base.params, base.cfg, stage1, seed=seed, desc="mft/stage1", **sft)
     label_of = {q.id: lab for q, lab in zip(questions, labels)}
     exams = [(exam, b) for exam, b in stage2_exams if all(q.id in label_of for q in exam.questions)]
     if stage2_exams and not exams:
@@ -194,9 +204,7 @@ def run_mft(base: Policy, rules: ExamRules, questions: Sequence[Example], stage2
         prompts = exam_prompts(base, rules, [e for e, _ in exams], [b for _, b in exams])
         stage2 = [_row(p, exam_target(base, rules, [label_of[q.id] for q in exam.questions], b, config.stage2_plan))
                   for p, (exam, b) in zip(prompts, exams)]
-        params, _ = train_sft(params, base.cfg, stage2, optim=optim, batch_size=config.batch_size,
-                              epochs=config.epochs, seed=seed + 1, mesh=mesh, metrics=metrics, progress=progress,
-                              desc="mft/stage2")
+        params, _ = train_sft(params, base.cfg, stage2, seed=seed + 1, desc="mft/stage2", **sft)
     levels = Counter(lab.level for lab in labels)
     summary = {"questions": len(questions), "samples_correct": float(np.mean([lab.correct / k for lab in labels])),
                "label_levels": {str(level): levels[level] for level in range(rules.num_levels)},

@@ -78,14 +78,14 @@ def logprobs_from_hidden(params: Params, cfg: ModelConfig, hidden: jax.Array, ta
 
 @functools.partial(jax.jit, static_argnums=1, static_argnames=("remat", "vocab_chunk"))
 def token_logprobs(params: Params, cfg: ModelConfig, tokens: jax.Array, *, attention_mask=None, segment_ids=None,
-                   temperature=None, remat: bool = False, vocab_chunk: int = VOCAB_CHUNK
+                   temperature=None, remat: str = "none", vocab_chunk: int = VOCAB_CHUNK
                    ) -> tuple[jax.Array, jax.Array]:
     """Teacher-forced log p(tokens[t] | tokens[:t]) and the entropy of that prediction, per position (compiled).
 
     Args:
       tokens: int32[batch, seq]; attention_mask, segment_ids: as in `metajax.models.forward`.
       temperature: None, a scalar or float32[batch] (see `logprobs_from_hidden`).
-      remat: recompute each block's activations in the backward pass.
+      remat: a `REMAT_POLICIES` name: what each block recomputes in the backward pass.
     Returns:
       (logp float32[batch, seq], entropy float32[batch, seq]); entry t scores tokens[t], entry 0
       (no context) is 0 in both.

@@ -24,13 +24,31 @@ import jax.numpy as jnp
 import numpy as np
 
 from metajax.models.config import ModelConfig, rope_inverse_frequencies
-from metajax.models.sharding import LogicalAxes, constrain
+from metajax.models.sharding import LogicalAxes, constrain, named_sharding
 
 Params = dict
 
 # Large finite negative instead of -inf: a fully masked row (a padding query) then softmaxes to a
 # harmless uniform distribution rather than NaN.
 _MASKED = -0.7 * float(np.finfo(np.float32).max)
+
+# What each block keeps from its forward pass for the backward ("remat", activation checkpointing).
+# "save_dots" keeps the outputs of the weight matmuls (q/k/v/o projections, gate/up/down) and
+# recomputes attention and the elementwise ops: most of full remat's memory saving for about a third
+# of its recompute. True and False mean "full" and "none".
+REMAT_POLICIES = {
+    "none": None,
+    "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "full": jax.checkpoint_policies.nothing_saveable,
+}
+
+
+def remat_name(remat: str | bool) -> str:
+    """The `REMAT_POLICIES` key `remat` names (a key, or a bool); a clear error for anything else."""
+    name = {True: "full", False: "none"}.get(remat, remat) if isinstance(remat, bool) else remat
+    if name not in REMAT_POLICIES:
+        raise ValueError(f"remat={remat!r} is not a remat policy; use one of {sorted(REMAT_POLICIES)}")
+    return name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +103,15 @@ def init_params(cfg: ModelConfig, rng: jax.Array, *, dtype=jnp.float32, std: flo
     return _init_params_jit(cfg, jnp.dtype(dtype), mesh)(rng, std)
 
 
+def abstract_params(cfg: ModelConfig, *, dtype=jnp.float32, mesh=None) -> Params:
+    """The params as `jax.ShapeDtypeStruct`s, carrying their shardings on `mesh` when given: what
+    ahead-of-time compilation (`metajax.aot`) needs instead of real weights."""
+    def abstract(spec: ParamSpec):
+        sharding = None if mesh is None else named_sharding(mesh, spec.logical_axes, spec.shape)
+        return jax.ShapeDtypeStruct(spec.shape, jnp.dtype(dtype), sharding=sharding)
+    return jax.tree.map(abstract, param_specs(cfg), is_leaf=is_param_spec)
+
+
 @functools.cache
 def _init_params_jit(cfg: ModelConfig, dtype, mesh):
     """One compiled initialiser per (config, dtype, mesh)."""
@@ -92,7 +119,6 @@ def _init_params_jit(cfg: ModelConfig, dtype, mesh):
     leaves, treedef = jax.tree.flatten(specs, is_leaf=is_param_spec)
     out_shardings = None
     if mesh is not None:
-        from metajax.models.sharding import named_sharding
         out_shardings = jax.tree.map(lambda s: named_sharding(mesh, s.logical_axes, s.shape), specs,
                                      is_leaf=is_param_spec)
 
@@ -116,7 +142,7 @@ def _init_params_jit(cfg: ModelConfig, dtype, mesh):
 
 def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, *, positions: jax.Array | None = None,
             attention_mask: jax.Array | None = None, segment_ids: jax.Array | None = None,
-            remat: bool = False) -> jax.Array:
+            remat: str = "none") -> jax.Array:
     """Next-token logits for every position.
 
     Args:
@@ -125,7 +151,8 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, *, positions: j
         token (`attention_mask`) or from each packed segment's start (`segment_ids`).
       attention_mask: bool/int[batch, seq], 1 for real tokens, 0 for padding (left or right).
       segment_ids: int32[batch, seq] for packed sequences: tokens attend only within their segment.
-      remat: recompute each block's activations in the backward pass (saves memory in training).
+      remat: a `REMAT_POLICIES` name: which of each block's activations the backward pass
+        recomputes instead of keeping (saves memory in training).
     Returns:
       logits: float32[batch, seq, vocab].
     """
@@ -135,7 +162,7 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, *, positions: j
 
 
 def hidden_states(params: Params, cfg: ModelConfig, tokens: jax.Array, *, positions=None,
-                  attention_mask=None, segment_ids=None, remat: bool = False, return_kv: bool = False):
+                  attention_mask=None, segment_ids=None, remat: str = "none", return_kv: bool = False):
     """Final-norm hidden states float[batch, seq, hidden] and, with `return_kv`, each layer's keys
     and values: two arrays [layers, batch, seq, kv_heads, head_dim]."""
     batch, seq = tokens.shape
@@ -186,6 +213,20 @@ class KVCache:
     k: jax.Array
     v: jax.Array
 
+    def constrained(self) -> KVCache:
+        """The cache pinned to its logical axes (`KV_CACHE_AXES`): under `jax.set_mesh`, prompts over
+        `data`/`fsdp` and KV heads over `tensor`, as the weights are declared."""
+        return KVCache(**{name: constrain(getattr(self, name), axes) for name, axes in KV_CACHE_AXES.items()})
+
+
+KV_CACHE_AXES: dict[str, LogicalAxes] = {
+    "prompt_k": ("layers", "batch", "kv_heads", "seq", "head_dim"),
+    "prompt_v": ("layers", "batch", "kv_heads", "seq", "head_dim"),
+    "prompt_mask": ("batch", "seq"),
+    "k": ("layers", "batch", None, "kv_heads", "seq", "head_dim"),
+    "v": ("layers", "batch", None, "kv_heads", "seq", "head_dim"),
+}
+
 
 def prefill(params: Params, cfg: ModelConfig, prompts: jax.Array, prompt_mask: jax.Array, *,
             num_samples: int, max_new_tokens: int, cache_dtype=None) -> tuple[jax.Array, KVCache]:
@@ -207,7 +248,7 @@ def prefill(params: Params, cfg: ModelConfig, prompts: jax.Array, prompt_mask: j
                     prompt_v=v.transpose(heads_first).astype(cache_dtype),
                     prompt_mask=prompt_mask.astype(bool),
                     k=jnp.zeros(gen_shape, cache_dtype), v=jnp.zeros(gen_shape, cache_dtype))
-    return logits, cache
+    return logits, cache.constrained()
 
 
 def decode_step(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.Array,
@@ -235,7 +276,7 @@ def decode_step(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: 
     # k_new: [layers, batch, n, kv_heads, head_dim] -> generated slot `step` of every layer at once.
     k = jax.lax.dynamic_update_slice_in_dim(cache.k, k_new[..., None, :].astype(cache.k.dtype), step, axis=4)
     v = jax.lax.dynamic_update_slice_in_dim(cache.v, v_new[..., None, :].astype(cache.v.dtype), step, axis=4)
-    return logits, dataclasses.replace(cache, k=k, v=v)
+    return logits, dataclasses.replace(cache, k=k, v=v).constrained()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -243,7 +284,7 @@ def decode_step(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: 
 
 
 def _run_blocks(params: Params, cfg: ModelConfig, x, positions, attend: Callable, *, layer_caches=None,
-                remat: bool = False):
+                remat: str = "none"):
     """Scans `_block` over the stacked layers; returns the residual stream and the per-layer
     (k, v) that `attend` emits, stacked on a leading layers axis."""
     sin, cos = _rope_tables(cfg, positions, x.dtype)
@@ -253,8 +294,9 @@ def _run_blocks(params: Params, cfg: ModelConfig, x, positions, attend: Callable
         layer_attend = attend if layer_cache is None else (lambda q, k, v: attend(q, k, v, layer_cache))
         return _block(layer_params, cfg, x, sin, cos, layer_attend)
 
-    if remat:
-        body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
+    name = remat_name(remat)
+    if name != "none":
+        body = jax.checkpoint(body, policy=REMAT_POLICIES[name])
     return jax.lax.scan(body, x, (params["layers"], layer_caches))
 
 

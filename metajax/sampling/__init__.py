@@ -2,7 +2,7 @@
 
 from metajax.sampling.policy import Policy
 from metajax.sampling.rollouts import Completion, Rollouts, complete, completions, rollout
-from metajax.sampling.sampler import Samples, StopReason, compile_counts, filter_logits, generate
+from metajax.sampling.sampler import Samples, StopReason, compile_counts, filter_logits, generate, lower_generate
 
 __all__ = ["Completion", "Policy", "Rollouts", "Samples", "StopReason", "compile_counts", "complete", "completions",
-           "filter_logits", "generate", "rollout"]
+           "filter_logits", "generate", "lower_generate", "rollout"]

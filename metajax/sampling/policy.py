@@ -24,6 +24,8 @@ class Policy:
       tokenizer: the wrapped tokenizer (`metajax.data.token_spans.as_prompt_tokenizer`).
       stop_ids: token ids that end a completion (EOS, and the chat template's end of turn).
       pad_id: the id used for padding.
+      compute_dtype: the dtype the sampler runs the model in (bf16 over fp32 master params); None:
+        the params' own.
       prompt: how this model's prompts are rendered: `chat` (through the tokenizer's chat template)
         and `system_prompt`; the style is chosen per call. Every prompt, scored sequence and SFT
         row of the policy is rendered with it, so evaluation, rollouts, VOC scoring and training
@@ -35,11 +37,12 @@ class Policy:
     tokenizer: PromptTokenizer
     stop_ids: tuple[int, ...]
     pad_id: int = 0
+    compute_dtype: Any = None
     prompt: PromptConfig = PromptConfig()
 
     @classmethod
     def of(cls, params, cfg: ModelConfig, tokenizer, *, chat: bool | str = False,
-           system_prompt: str | None = None) -> "Policy":
+           system_prompt: str | None = None, compute_dtype=None) -> "Policy":
         """A policy of `tokenizer` (a transformers fast tokenizer or a `tokenizers.Tokenizer`).
 
         chat: True renders through the tokenizer's chat template, "auto" does when it has one.
@@ -58,7 +61,7 @@ class Policy:
         if use_chat:  # the template's end-of-turn token ends a completion too (Llama-3's <|eot_id|>)
             stop_ids += tuple(i for i in _end_of_turn_ids(tok) if i not in stop_ids)
         pad = cfg.pad_token_id if cfg.pad_token_id is not None else 0
-        return cls(params=params, cfg=cfg, tokenizer=tok, stop_ids=stop_ids, pad_id=pad,
+        return cls(params=params, cfg=cfg, tokenizer=tok, stop_ids=stop_ids, pad_id=pad, compute_dtype=compute_dtype,
                    prompt=PromptConfig(chat=use_chat, system_prompt=system_prompt))
 
     def with_params(self, params) -> "Policy":

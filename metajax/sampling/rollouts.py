@@ -109,6 +109,7 @@ def rollout(policy: Policy, prompts: Sequence[Sequence[int]], *, max_new_tokens:
                        temperature=temperature, top_p=top_p, top_k=top_k, budgets=budgets,
                        stop_tokens=policy.stop_ids, rng=rng, mesh=mesh, pad_id=policy.pad_id,
                        forced_ending=forced_ending, answer_allowance=answer_allowance, cache_dtype=cache_dtype,
+                       compute_dtype=policy.compute_dtype,
                        stop_text=policy.stop_text(opening, answer_line=answer_line_stop, stop_strings=stop_strings))
     prompt_tokens, prompt_mask = pad_rows(rows, length=bucket(max(map(len, rows))), pad_id=policy.pad_id, left=True)
     prompt_tokens, prompt_mask = (np.repeat(x, n_samples, axis=0) for x in (prompt_tokens, prompt_mask))

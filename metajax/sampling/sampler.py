@@ -25,10 +25,12 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from metajax.batching import bucket, pad_rows
 from metajax.host import to_host
 from metajax.models.config import ModelConfig
+from metajax.models.sharding import batch_sharding
 from metajax.models.transformer import Params, decode_step, prefill
 from metajax.sampling.stop_text import StopText, advance, initial_state
 
@@ -84,7 +86,8 @@ def generate(params: Params, cfg: ModelConfig, prompts, *, max_new_tokens: int,
              stop_tokens: Sequence[int] = (), rng: jax.Array | None = None, mesh=None,
              n_samples: int = 1, prompt_lengths=None, pad_id: int = 0,
              forced_ending: Sequence[int] = (), answer_allowance: int = 0,
-             cache_dtype=None, max_prompt_len: int | None = None, stop_text: StopText | None = None) -> Samples:
+             cache_dtype=None, compute_dtype=None, max_prompt_len: int | None = None,
+             stop_text: StopText | None = None) -> Samples:
     """Samples `n_samples` continuations of each prompt.
 
     Args:
@@ -102,7 +105,10 @@ def generate(params: Params, cfg: ModelConfig, prompts, *, max_new_tokens: int,
         placed on it (`load_hf(..., mesh=mesh)`).
       forced_ending: tokens appended when a row's FREE phase ends without a stop token.
       answer_allowance: sampled tokens allowed after the forced ending (until a stop token).
-      cache_dtype: dtype of the KV cache (e.g. jnp.bfloat16 with fp32 params); default the params'.
+      cache_dtype: dtype of the KV cache (e.g. jnp.bfloat16 with fp32 params); default the
+        compute dtype.
+      compute_dtype: run the model in this dtype (jnp.bfloat16 over fp32 master params: the cast is
+        the compiled program's first step); default the params' own.
       max_prompt_len: longest prompt accepted (default: what fits cfg.max_position_embeddings).
       stop_text: stop strings matched as the text grows (`metajax.sampling.stop_text`), like stop
         tokens: a row ends on the token that completes one.
@@ -140,12 +146,64 @@ def generate(params: Params, cfg: ModelConfig, prompts, *, max_new_tokens: int,
             raise ValueError("sampling with temperature > 0 needs an rng key (jax.random.key(seed))")
         rng = jax.random.key(0)
 
+    static, inputs = _program(cfg, rows, n_samples=n_samples, max_new_tokens=max_new_tokens, budgets=budgets,
+                              temps=temps, top_p=top_p, top_k=top_k, stop_tokens=stop_tokens,
+                              forced_ending=forced_ending, answer_allowance=answer_allowance, pad_id=pad_id,
+                              cache_dtype=cache_dtype, compute_dtype=compute_dtype, stop_text=stop_text, mesh=mesh)
+    if mesh is None:
+        out = _generate_core(params, rng=rng, **static, **inputs)
+    else:
+        inputs = {k: jax.device_put(v, batch_sharding(mesh, v.shape)) if k in _BATCHED else v
+                  for k, v in inputs.items()}
+        with jax.set_mesh(mesh):
+            out = _generate_core(params, rng=rng, **static, **inputs)
+    width = max_new_tokens + extra
+    # Dummy prompts of the bucket and cache slots past `width` are cut off on the device: the rows stay
+    # sharded where they were generated.
+    flat = {k: v[:num_prompts].reshape(batch, *v.shape[2:]) for k, v in out.items()}
+    inside = jnp.arange(width) < flat["lengths"][:, None]
+    return Samples(tokens=jnp.where(inside, flat["tokens"][:, :width], pad_id), lengths=flat["lengths"],
+                   budget_tokens=flat["budget_tokens"], logprobs=flat["logprobs"][:, :width],
+                   forced=flat["forced"][:, :width], stop_reason=flat["stop_reason"],
+                   prompt_index=jnp.repeat(jnp.arange(num_prompts, dtype=jnp.int32), n_samples),
+                   temperature=jnp.asarray(np.where(temps > 0, temps, 1.0), jnp.float32))
+
+
+def lower_generate(params, cfg: ModelConfig, *, num_prompts: int, prompt_len: int, max_new_tokens: int,
+                   n_samples: int = 1, forced_len: int = 0, answer_allowance: int = 0, cache_dtype=None,
+                   compute_dtype=None, stop_text: StopText | None = None, mesh=None):
+    """The program `generate` compiles for this shape bucket, lowered without running it: `params`
+    may be `jax.ShapeDtypeStruct`s (`metajax.models.abstract_params`) and no prompt is needed.
+    `.compile()` the result ahead of time (`metajax.aot` does, for TPU topologies)."""
+    rows = [[0] * prompt_len] * num_prompts
+    static, inputs = _program(cfg, rows, n_samples=n_samples, max_new_tokens=max_new_tokens,
+                              budgets=np.zeros(num_prompts * n_samples, np.int32),
+                              temps=np.ones(num_prompts * n_samples, np.float32), top_p=1.0, top_k=0, stop_tokens=(),
+                              forced_ending=(0,) * forced_len, answer_allowance=answer_allowance, pad_id=0,
+                              cache_dtype=cache_dtype, compute_dtype=compute_dtype, stop_text=stop_text, mesh=mesh)
+    inputs["rng"] = jax.eval_shape(jax.random.key, 0)
+    if mesh is None:
+        return _generate_core.lower(params, **static, **inputs)
+
+    def abstract(name, x):  # the shardings `generate` gives its inputs; scalars and tables replicated
+        if not hasattr(x, "shape"):
+            return x
+        sharding = batch_sharding(mesh, x.shape) if name in _BATCHED else NamedSharding(mesh, PartitionSpec())
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+
+    with jax.set_mesh(mesh):
+        return _generate_core.lower(params, **static, **{k: abstract(k, v) for k, v in inputs.items()})
+
+
+def _program(cfg, rows, *, n_samples, max_new_tokens, budgets, temps, top_p, top_k, stop_tokens, forced_ending,
+             answer_allowance, pad_id, cache_dtype, compute_dtype, stop_text, mesh):
+    """(the static arguments of `_generate_core`, its host inputs on the bucketed grid)."""
+    num_prompts = len(rows)
     dp = 1 if mesh is None else int(np.prod([mesh.shape[a] for a in ("data", "fsdp")]))
     prompt_bucket = max(bucket(num_prompts, minimum=1), dp)
     padded_rows = rows + [[pad_id]] * (prompt_bucket - num_prompts)
     tokens, mask = pad_rows(padded_rows, length=bucket(max(map(len, rows))), pad_id=pad_id, left=True)
-    width = max_new_tokens + extra
-    cache_len = bucket(width)
+    cache_len = bucket(max_new_tokens + len(forced_ending) + answer_allowance)
     # Padded to sizes that do not depend on their lengths, so a new ending or stop set never recompiles.
     forced = np.zeros(cache_len, np.int32)
     forced[:len(forced_ending)] = forced_ending
@@ -162,35 +220,22 @@ def generate(params: Params, cfg: ModelConfig, prompts, *, max_new_tokens: int,
         prompts=tokens, prompt_mask=mask, budgets=grid(budgets, -1), temperatures=grid(temps, 0.0),
         limits=np.array([max_new_tokens, len(forced_ending), answer_allowance], np.int32),
         top_p=np.float32(top_p), top_k=np.int32(top_k), stop_tokens=stops, forced_ending=forced, stop_text=stop_text)
-    core = partial(_generate_core, cfg=cfg, n_samples=n_samples, cache_len=cache_len, cache_dtype=cache_dtype)
-    if mesh is None:
-        out = core(params, rng=rng, **inputs)
-    else:
-        from metajax.models.sharding import batch_sharding
-        inputs = {k: jax.device_put(v, batch_sharding(mesh, v.shape)) if k in _BATCHED else v
-                  for k, v in inputs.items()}
-        with jax.set_mesh(mesh):
-            out = core(params, rng=rng, **inputs)
-    # Dummy prompts of the bucket and cache slots past `width` are cut off on the device: the rows stay
-    # sharded where they were generated.
-    flat = {k: v[:num_prompts].reshape(batch, *v.shape[2:]) for k, v in out.items()}
-    inside = jnp.arange(width) < flat["lengths"][:, None]
-    return Samples(tokens=jnp.where(inside, flat["tokens"][:, :width], pad_id), lengths=flat["lengths"],
-                   budget_tokens=flat["budget_tokens"], logprobs=flat["logprobs"][:, :width],
-                   forced=flat["forced"][:, :width], stop_reason=flat["stop_reason"],
-                   prompt_index=jnp.repeat(jnp.arange(num_prompts, dtype=jnp.int32), n_samples),
-                   temperature=jnp.asarray(np.where(temps > 0, temps, 1.0), jnp.float32))
+    dtypes = {name: None if d is None else jnp.dtype(d) for name, d in (("cache_dtype", cache_dtype),
+                                                                         ("compute_dtype", compute_dtype))}
+    return dict(cfg=cfg, n_samples=n_samples, cache_len=cache_len, **dtypes), inputs
 
 
 _BATCHED = ("prompts", "prompt_mask", "budgets", "temperatures")
 
 
-@partial(jax.jit, static_argnames=("cfg", "n_samples", "cache_len", "cache_dtype"))
-def _generate_core(params, *, cfg: ModelConfig, n_samples: int, cache_len: int, cache_dtype, prompts,
+@partial(jax.jit, static_argnames=("cfg", "n_samples", "cache_len", "cache_dtype", "compute_dtype"))
+def _generate_core(params, *, cfg: ModelConfig, n_samples: int, cache_len: int, cache_dtype, compute_dtype, prompts,
                    prompt_mask, budgets, temperatures, limits, top_p, top_k, stop_tokens, forced_ending, rng,
                    stop_text):
     """The compiled generation program; arrays are [prompts, n_samples, ...] on the bucketed grid."""
     compile_counts[(prompts.shape, n_samples, cache_len)] += 1
+    if compute_dtype is not None:
+        params = jax.tree.map(lambda p: p.astype(compute_dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p, params)
     max_new, forced_len, allowance = limits[0], limits[1], limits[2]
     num_prompts = prompts.shape[0]
     logits, cache = prefill(params, cfg, prompts, prompt_mask, num_samples=n_samples,

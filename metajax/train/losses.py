@@ -28,14 +28,14 @@ class SFTLoss:
 
     vocab_chunk: int = VOCAB_CHUNK
 
-    def __call__(self, params, cfg, batch, *, remat: bool = False):
+    def __call__(self, params, cfg, batch, *, remat: str = "none"):
         loss_sum, count = sft_loss_terms(params, cfg, batch["tokens"], batch["loss_mask"],
                                          attention_mask=batch["attention_mask"], remat=remat,
                                          vocab_chunk=self.vocab_chunk)
         return loss_sum, count, {"num_targets": count}
 
 
-def sft_loss_terms(params, cfg, tokens, loss_mask, *, attention_mask=None, segment_ids=None, remat: bool = False,
+def sft_loss_terms(params, cfg, tokens, loss_mask, *, attention_mask=None, segment_ids=None, remat: str = "none",
                    vocab_chunk: int = VOCAB_CHUNK):
     """(summed cross-entropy over the target positions, their count): float32[] each.
 
@@ -73,7 +73,7 @@ class PolicyGradientLoss:
     kl_beta: float = 0.0
     vocab_chunk: int = VOCAB_CHUNK
 
-    def __call__(self, params, cfg, batch, *, remat: bool = False):
+    def __call__(self, params, cfg, batch, *, remat: str = "none"):
         logp, entropy = token_logprobs(params, cfg, batch["tokens"], attention_mask=batch["attention_mask"],
                                        temperature=batch["temperature"], remat=remat, vocab_chunk=self.vocab_chunk)
         mask = jnp.asarray(batch["sampled"], bool)

@@ -66,7 +66,7 @@ def num_sft_batches(num_sequences: int, batch_size: int, *, drop_last: bool = Fa
 
 def train_sft(params: Params, cfg: ModelConfig, sequences: Sequence[tuple[Sequence[int], Sequence[bool]]], *,
               optim: OptimizerConfig, batch_size: int, epochs: int = 1, seed: int = 0, compute_dtype=None,
-              remat: bool = False, mesh=None, grad_accum: int = 1, checkpointer=None, save_every: int = 0,
+              remat: str = "none", mesh=None, grad_accum: int = 1, checkpointer=None, save_every: int = 0,
               metrics=None, progress: bool = True, desc: str = "sft") -> tuple[Params, list[dict]]:
     """Fine-tunes `params` on `sequences` for `epochs` shuffled passes (RaM: one epoch, batch 16).
 

@@ -43,3 +43,25 @@ def init_train_state(params, optimizer: optax.GradientTransformation, rng: jax.A
     params = jax.tree.map(jnp.copy, params)
     return TrainState(params=params, opt_state=optimizer.init(params),
                       step=jnp.zeros((), jnp.int32), rng=jnp.asarray(rng, jnp.uint32))
+
+
+def abstract_train_state(params, optimizer: optax.GradientTransformation) -> TrainState:
+    """The `TrainState` `init_train_state` would build, as `jax.ShapeDtypeStruct`s: from abstract
+    `params` (`metajax.models.abstract_params`), for compiling a train step ahead of time.
+
+    Optimizer moments take their params' shardings (as the eager `optimizer.init` gives them), the
+    optimizer's scalars and the step are replicated on the params' mesh.
+    """
+    shapes = jax.eval_shape(lambda p: init_train_state(p, optimizer, jax.random.PRNGKey(0)), params)
+    shardings = [leaf.sharding for leaf in jax.tree.leaves(params)]
+    if not shardings or shardings[0] is None:
+        return shapes
+    replicated = jax.sharding.NamedSharding(shardings[0].mesh, jax.sharding.PartitionSpec())
+
+    def placed(leaf, sharding):
+        return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding)
+
+    opt_state = optax.tree_map_params(optimizer, lambda leaf, param: placed(leaf, param.sharding), shapes.opt_state,
+                                      params, transform_non_params=lambda leaf: placed(leaf, replicated))
+    return TrainState(params=params, opt_state=opt_state, step=placed(shapes.step, replicated),
+                      rng=placed(shapes.rng, replicated))

@@ -14,6 +14,7 @@ arguments, and a run compiles it once per batch shape.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import functools
 from collections.abc import Callable
@@ -25,7 +26,7 @@ import optax
 
 from metajax.models.config import ModelConfig
 from metajax.models.sharding import batch_sharding, named_sharding
-from metajax.models.transformer import is_param_spec, param_specs
+from metajax.models.transformer import is_param_spec, param_specs, remat_name
 from metajax.train.optim import learning_rate
 from metajax.train.state import TrainState
 
@@ -46,9 +47,10 @@ class NonFiniteError(FloatingPointError):
 
 @functools.cache
 def make_train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, loss: LossTerms, *,
-                    compute_dtype=None, remat: bool = False, mesh=None, grad_accum: int = 1,
+                    compute_dtype=None, remat: str = "none", mesh=None, grad_accum: int = 1,
                     skip_nonfinite: bool = False) -> StepFn:
-    """`step(state, batch, lr=None) -> (state, metrics)`: one optimizer update on `batch`.
+    """`step(state, batch, lr=None) -> (state, metrics)`: one optimizer update on `batch`;
+    `step.lower(state, batch, lr)` lowers it without running it.
 
     Jitted once per batch shape; `state` is donated. The gradient is that of
     `sum(loss_sum) / sum(denominator)` over the whole batch, whatever `grad_accum` is.
@@ -58,7 +60,7 @@ def make_train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, l
       loss: a hashable loss-terms callable (a frozen dataclass of `metajax.train.losses`).
       compute_dtype: run forward and backward in this dtype (bf16) on a cast of the params;
         gradients, optimizer state and master params stay in the params' dtype (fp32).
-      remat: recompute each block's activations in the backward pass (passed to `loss`).
+      remat: a `metajax.models.REMAT_POLICIES` name ("none", "save_dots", "full"), passed to `loss`.
       mesh: shard the batch over `data` and `fsdp`; params (placed on this mesh) and their
         gradients keep their shardings.
       grad_accum: split the batch into this many micro-batches run one after another (less
@@ -70,6 +72,7 @@ def make_train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, l
     """
     if grad_accum < 1:
         raise ValueError(f"grad_accum={grad_accum} must be >= 1")
+    remat = remat_name(remat)
     param_shardings = None
     if mesh is not None:
         param_shardings = jax.tree.map(lambda s: named_sharding(mesh, s.logical_axes, s.shape),
@@ -149,6 +152,13 @@ def make_train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, l
         with jax.set_mesh(mesh):
             return jitted(state, batch, lr)
 
+    def lower(state, batch: Batch, lr=None):
+        """The step lowered for these arguments (arrays or `jax.ShapeDtypeStruct`s carrying their
+        shardings): `.compile()` it ahead of time, as `metajax.aot` does for TPU topologies."""
+        with contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh):
+            return jitted.lower(state, batch, lr)
+
+    run.lower = lower
     return run
 
 
