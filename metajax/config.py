@@ -125,11 +125,12 @@ class Config:
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: typing.Sequence[str] = (), *,
-                check_files: bool = True) -> Config:
+                check_local: bool = True) -> Config:
     """Reads a YAML file (or the defaults when `path` is None) and applies `key.sub=value` overrides.
 
-    `check_files=False` skips the checks that the model and data files exist, for tools that read
-    only the settings (`metajax.aot` compiles from shapes, with no weights or data).
+    `check_local=False` skips the checks against this machine (the model and data files exist, the
+    mesh divides its devices), for tools that read only the settings: `metajax.aot` compiles for
+    another machine's devices from shapes, with no weights or data.
     """
     raw = _read_yaml(Path(path)) if path is not None else {}
     for item in overrides:
@@ -144,7 +145,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: typing.Sequenc
                 raise ConfigError(f"override {item!r}: {part!r} is not a section")
         node[parts[-1]] = yaml.safe_load(value) if value else ""
     config = build(Config, raw, "")
-    validate(config, check_files=check_files)
+    validate(config, check_local=check_local)
     return config
 
 
@@ -156,7 +157,7 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"{path} is not valid YAML: {_yaml_problem(e)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping of keys to values at the top level")
     base = raw.pop("base", None)
@@ -166,6 +167,15 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if base_path in seen:
         raise ConfigError(f"{path}: base {base} includes itself")
     return _merge(_read_yaml(base_path, seen + (base_path,)), raw)
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """PyYAML's problem and where it is (line and column, 1-based), on one line."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    context = getattr(error, "context", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{problem}{where}" + (f" ({context})" if context else "")
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -265,7 +275,7 @@ def gguf_file(name: str) -> Path:
         return Path(name)
 
 
-def validate(config: Config, *, check_files: bool = True) -> None:
+def validate(config: Config, *, check_local: bool = True) -> None:
     """Range and file checks that types alone cannot express."""
     from metajax.pipelines import METHODS, TASKS
 
@@ -285,8 +295,13 @@ def validate(config: Config, *, check_files: bool = True) -> None:
             "smaller than about 1/256 of a weight (at learning rate 1e-6, 98% of weights drawn like a Llama's "
             "never change); train with model.dtype: float32 and model.compute_dtype: bfloat16 (fp32 master "
             "weights and optimizer state, bf16 forward, backward and sampling)")
-    if check_files:
+    if check_local:
         _check_files(config)
+        import jax
+        try:
+            config.mesh.shape(jax.device_count())
+        except ValueError as e:
+            raise ConfigError(f"mesh: {e}") from None
     trains = config.task in METHODS and METHODS[config.task].train is not None
     if data.dataset != "toy" and data.source == "local" and data.train_path is None and trains:
         raise ConfigError(f"data.train_path is required for dataset {data.dataset!r} with source 'local'")

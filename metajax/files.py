@@ -6,8 +6,10 @@ the others these functions write nothing and return the path.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -38,3 +40,69 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
 def write_jsonl_atomic(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
     """One JSON object a line, written with `write_text_atomic`."""
     return write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
+class RunDirInUseError(RuntimeError):
+    """Another live process is running in this run directory."""
+
+
+LOCK_NAME = ".metajax.lock"
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | os.PathLike):
+    """Holds `run_dir/.metajax.lock` (this process's id and host) while a run writes there.
+
+    A second run on the same directory raises `RunDirInUseError` at once, naming the running one's
+    process id. A lock left by a killed run is taken over once its process is gone. In a
+    multi-process run process 0 holds it for all.
+    """
+    path = Path(run_dir) / LOCK_NAME
+    if not is_main_process():
+        yield path
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    me = {"pid": os.getpid(), "host": socket.gethostname()}
+    for _ in range(2):
+        try:
+            handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _lock_holder(path)
+            if holder is not None and _alive(holder, me["host"]):
+                raise RunDirInUseError(
+                    f"run directory {path.parent} is in use by process {holder['pid']} on {holder['host']}; wait "
+                    f"for it to finish or stop it, or give this run another run_dir. If that process is gone, "
+                    f"delete {path}") from None
+            path.unlink(missing_ok=True)  # a killed run's lock
+            continue
+        with os.fdopen(handle, "w") as out:
+            json.dump(me, out)
+        break
+    else:
+        raise RunDirInUseError(f"could not take the lock {path}: another run keeps creating it")
+    try:
+        yield path
+    finally:
+        if _lock_holder(path) == me:
+            path.unlink(missing_ok=True)
+
+
+def _lock_holder(path: Path) -> dict | None:
+    try:
+        holder = json.loads(path.read_text())
+        return holder if isinstance(holder, dict) and isinstance(holder.get("pid"), int) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(holder: dict, this_host: str) -> bool:
+    """Whether the lock's process still runs; a process on another host is assumed to."""
+    if holder.get("host") != this_host:
+        return True
+    try:
+        os.kill(holder["pid"], 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True

@@ -25,7 +25,7 @@ from metajax.algorithms.grpo import run_grpo
 from metajax.data.example import Example
 from metajax.data.fewshot import select_fewshot
 from metajax.eval.evaluate import evaluate, plot_tokens_by_difficulty, results_table, summarize, write_records
-from metajax.files import write_text_atomic
+from metajax.files import run_lock, write_text_atomic
 from metajax.host import is_main_process, sync
 from metajax.models import load_hf, save_hf
 from metajax.sampling.policy import Policy
@@ -43,9 +43,9 @@ TOY_MODEL_DIR = TOY_MODEL_DIRS["toy"]
 def run(config: Config) -> dict:
     """Runs `config.task`; returns its summary."""
     run_dir = Path(config.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run_dir / "config.json", json.dumps(dataclasses.asdict(config), indent=2, default=str) + "\n")
-    return TASKS[config.task](config, run_dir)
+    with run_lock(run_dir):
+        write_text_atomic(run_dir / "config.json", json.dumps(dataclasses.asdict(config), indent=2, default=str) + "\n")
+        return TASKS[config.task](config, run_dir)
 
 
 def run_training_pipeline(config: Config, run_dir: Path) -> dict:

@@ -168,3 +168,56 @@ def test_cli_rejects_bad_configs_with_status_2_and_writes_nothing(tmp_path):
         assert len(lines) == 1 and lines[0].startswith("metajax: config error:"), result.stderr
         assert re.search(message, lines[0]), lines[0]
     assert not (tmp_path / "run").exists()
+
+
+def _malformed_overrides() -> list[tuple[list[str], str]]:
+    """(overrides, a key the one-line error must name): generated over the sections' fields."""
+    cases = []
+    for section in ("model", "data", "prompting", "expert_iteration", "grpo", "train", "eval", "mesh", "roi", "mft"):
+        cases.append(([f"{section}.no_such_key=1"], "no_such_key"))  # an unknown nested key
+    sizes = {"expert_iteration": ("iterations", "questions_per_iteration", "samples_per_question", "max_new_tokens",
+                                  "epochs", "batch_size", "rollout_batch_size", "score_batch_size"),
+             "grpo": ("max_steps", "prompts_per_step", "num_generations", "max_completion_length"),
+             "mft": ("questions", "samples_per_question", "batch_size"), "eval": ("max_new_tokens", "batch_size")}
+    for section, names in sizes.items():
+        for i, name in enumerate(names):
+            cases.append(([f"{section}.{name}={-(i % 2)}"], name))  # zero and negative sizes, alternately
+    cases += [(["expert_iteration.iterations=abc"], "iterations"), (["train.learning_rate=fast"], "learning_rate"),
+              (["seed=[1]"], "seed"), (["model.remat=yes"], "remat"), (["data.fewshot=1.5"], "fewshot"),
+              (["grpo.temperature=hot"], "temperature"), (["mesh.fsdp=many"], "fsdp"),
+              (["expert_iteration.top_p=0"], "top_p"), (["expert_iteration.top_p=1.5"], "top_p"),
+              (["grpo.top_p=0"], "top_p"), (["expert_iteration.temperature=-0.1"], "temperature"),
+              (["grpo.temperature=-1"], "temperature"), (["data.fewshot=-1"], "fewshot"),
+              (["task=roi", "model.path=toy_exam", "roi.budgets=[-5]"], "budget"),
+              (["mesh.fsdp=3"], "mesh"), (["mesh.data=0"], "mesh"), (["mesh.data=-1"], "mesh"),
+              (["expert_iteration.gradient_accumulation_steps=3"], "gradient_accumulation_steps"),
+              (["model.path=/no/such/checkpoint"], "model.path"),
+              (["data.dataset=gsm8k", "data.train_path=/no/such.jsonl"], "data.train_path"),
+              (["task=nonsense"], "task"), (["eval.methods=[best]"], "eval.methods")]
+    return cases
+
+
+@pytest.mark.parametrize("overrides,key", _malformed_overrides(), ids=lambda v: " ".join(v) if isinstance(v, list) else v)
+def test_malformed_configs_exit_2_with_one_line_naming_the_key(tmp_path, capsys, overrides, key):
+    from metajax.main import main
+    run_dir = tmp_path / "run"
+    args = [a for o in [f"run_dir={run_dir}", *overrides] for a in ("--set", o)]
+    assert main(args) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("metajax: config error:"), lines
+    assert key in lines[0], lines[0]
+    assert not run_dir.exists()
+
+
+def test_enough_malformed_configs_are_generated():
+    assert len(_malformed_overrides()) >= 30
+
+
+def test_yaml_syntax_errors_keep_line_and_column(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("expert_iteration:\n  iterations: 2\n  gamma: [0.1\nseed: 1\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml is not valid YAML: .* at line 4, column 5"):
+        load_config(path)
+    (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
+    from metajax.main import main
+    assert main(["--config", str(tmp_path / "loop.yaml")]) == 2

@@ -329,10 +329,20 @@ def test_metrics_jsonl_lines_parse(tmp_path):
     assert records[0]["time"] <= records[1]["time"]
     assert read_metrics(tmp_path) == records
 
-    with MetricsWriter(tmp_path, tensorboard=False) as writer:  # appends on resume
+    assert {r["attempt"] for r in records} == {1}
+
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "stage": "sf')  # a run killed in the middle of a line
+    with MetricsWriter(tmp_path, tensorboard=False) as writer:  # a resumed run appends, as attempt 2
+        assert writer.attempt == 2
+        writer.write(2, {"loss": 0.5}, stage="eval")  # redone after the resume
         writer.write(3, {"loss": 1.0}, stage="sft")
         with pytest.raises(ValueError, match="'hist'"):
             writer.write(3, {"hist": np.zeros(3)}, stage="sft")
+    assert len(read_metrics(tmp_path, all_attempts=True)) == 4  # the torn line is skipped, not fatal
+    latest = read_metrics(tmp_path)
+    assert [(r["stage"], r["step"], r["attempt"]) for r in latest] == [("sft", 1, 1), ("eval", 2, 2), ("sft", 3, 2)]
+    assert latest[1]["metrics"] == {"loss": 0.5}
     assert len(read_metrics(tmp_path)) == 3
 
 

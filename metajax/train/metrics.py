@@ -14,10 +14,12 @@ from metajax.host import is_main_process
 
 
 class MetricsWriter:
-    """Appends `{"step", "stage", "metrics", "time"}` lines to `run_dir/metrics.jsonl`.
+    """Appends `{"step", "stage", "metrics", "time", "attempt"}` lines to `run_dir/metrics.jsonl`.
 
     Each line is flushed as it is written, so a crashed run keeps everything logged before the
-    crash, and a resumed run appends to the same file. Non-finite values are written as null (JSON
+    crash, and a resumed run appends to the same file with the next `attempt` number (1 for the
+    first run): a step redone after a resume is logged again, and `read_metrics` keeps its last
+    attempt. Non-finite values are written as null (JSON
     has no NaN). Scalars also go to TensorBoard event files in `run_dir/tensorboard` as
     "<stage>/<name>" when `tensorboardX` or TensorFlow is importable.
 
@@ -34,7 +36,11 @@ class MetricsWriter:
         if not is_main_process():
             return
         os.makedirs(self.run_dir, exist_ok=True)
+        previous = read_metrics(self.path, all_attempts=True) if os.path.exists(self.path) else []
+        self.attempt = 1 + max((r.get("attempt", 1) for r in previous), default=0)
         self._file = open(self.path, "a", encoding="utf-8")
+        if self._file.tell() and not _ends_with_newline(self.path):
+            self._file.write("\n")  # a killed run's torn last line stays on its own line
         self._tensorboard = None if tensorboard is False else _tensorboard_writer(
             os.path.join(self.run_dir, "tensorboard"))
         if tensorboard and self._tensorboard is None:
@@ -47,7 +53,7 @@ class MetricsWriter:
             return
         line = {"step": int(step), "stage": stage,
                 "metrics": {k: v if math.isfinite(v) else None for k, v in values.items()},
-                "time": time.time()}
+                "time": time.time(), "attempt": self.attempt}
         self._file.write(json.dumps(line, allow_nan=False) + "\n")
         self._file.flush()
         if self._tensorboard is not None:
@@ -67,13 +73,34 @@ class MetricsWriter:
         self.close()
 
 
-def read_metrics(path) -> list[dict]:
-    """The records of a metrics.jsonl file (or of `run_dir/metrics.jsonl` given the run dir)."""
+def read_metrics(path, *, all_attempts: bool = False) -> list[dict]:
+    """The records of a metrics.jsonl file (or of `run_dir/metrics.jsonl` given the run dir), in
+    the order they were first logged: one per (stage, step), from the last attempt that logged it
+    (a resumed run redoes the steps after its checkpoint), or every line with `all_attempts`.
+
+    A line cut short by a crash mid-write is skipped."""
     path = os.fspath(path)
     if os.path.isdir(path):
         path = os.path.join(path, "metrics.jsonl")
+    records = []
     with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue  # blank, or the torn last line of a killed run
+    if all_attempts:
+        return records
+    latest: dict[tuple, dict] = {}
+    for record in records:
+        latest[(record.get("stage"), record.get("step"))] = record
+    return list(latest.values())
+
+
+def _ends_with_newline(path: str) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
 
 
 def _scalar(name: str, value) -> float:
