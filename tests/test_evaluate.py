@@ -76,3 +76,15 @@ def test_direct_shots_are_answer_only_and_cot_shots_keep_rationales(monkeypatch)
     assert seen["[Assistant]"] == ["[User] What is 2+3?\n[Assistant] 5\n[User] What is 1+1?\n"]
     assert seen["<thought>"] == ["[User] What is 2+3?\n<thought> 2+3=5 </thought>\n[Assistant] 5\n[User] What is 1+1?\n"]
 
+
+
+def test_tokens_by_difficulty_plot_keeps_coinciding_methods_visible(tmp_path, monkeypatch):
+    """cot and star often draw the same line on the toy world: each method gets its own style."""
+    drawn = {}
+    monkeypatch.setattr(evaluation, "save_figure", lambda fig, path: drawn.setdefault("fig", fig) and path)
+    same = {"by_difficulty": {1: {"mean_tokens": 3.0}, 2: {"mean_tokens": 5.0}, None: {"mean_tokens": 0.0}}}
+    evaluation.plot_tokens_by_difficulty({"base": same, "cot": same, "star": same, "ram": same}, tmp_path / "p.png")
+    lines = drawn["fig"].axes[0].lines
+    assert [line.get_label() for line in lines] == ["base", "cot", "star", "ram"]
+    assert len({(line.get_marker(), line.get_linestyle(), line.get_markersize()) for line in lines}) == 4
+    assert all(list(line.get_xdata()) == [1, 2] for line in lines)

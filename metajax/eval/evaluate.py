@@ -13,6 +13,7 @@ token budget ran out).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -139,9 +140,13 @@ def plot_tokens_by_difficulty(summaries: dict[str, dict], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for method, s in summaries.items():
+    # Methods often coincide (cot and star on the toy world): each gets its own marker, line style and
+    # size, so a line drawn over another still shows.
+    styles = [("o", "-", 9), ("s", "--", 7), ("^", ":", 6), ("D", "-.", 5), ("v", "-", 4), ("x", "--", 8)]
+    for (method, s), (marker, line, size) in zip(summaries.items(), itertools.cycle(styles)):
         levels = [lvl for lvl in s["by_difficulty"] if lvl is not None]
-        ax.plot(levels, [s["by_difficulty"][lvl]["mean_tokens"] for lvl in levels], marker="o", label=method)
+        ax.plot(levels, [s["by_difficulty"][lvl]["mean_tokens"] for lvl in levels], marker=marker, linestyle=line,
+                markersize=size, markerfacecolor="none", label=method)
     ax.set_xticks(sorted({lvl for s in summaries.values() for lvl in s["by_difficulty"] if lvl is not None}))
     ax.set_xlabel("difficulty")
     ax.set_ylabel("mean generated tokens")

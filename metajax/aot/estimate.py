@@ -1,0 +1,111 @@
+"""Analytic FLOPs and per-device memory of the programs `metajax.aot` compiles.
+
+The FLOPs are what the programs compute, counted from the shapes: the compiler's `cost_analysis`
+counts a loop body once, so it undercounts the layer scan and the decode loop. The memory estimate
+is a model of where the bytes go (state, gathered weights, saved activations, the KV cache); it
+ranks candidate meshes and remat policies cheaply, and the compiler confirms the one chosen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from metajax.models.config import ModelConfig
+from metajax.models.logprobs import VOCAB_CHUNK
+
+
+@dataclasses.dataclass(frozen=True)
+class Dims:
+    """The shapes of one program.
+
+    kind: "train" (a train step), "score" (a forward pass with no gradient) or "generate".
+    batch: rows (train, score) or prompts (generate); seq: tokens per row (train, score) or prompt
+    tokens (generate); samples, new_tokens: continuations per prompt and the decode loop's cache
+    length (generate), or the scored answer tokens per row (score). remat, grad_accum: train only. param_bytes, compute_bytes: 4 or 2.
+    """
+
+    kind: str
+    batch: int
+    seq: int
+    samples: int = 1
+    new_tokens: int = 0
+    remat: str = "none"
+    grad_accum: int = 1
+    param_bytes: int = 4
+    compute_bytes: int = 4
+
+
+def layer_params(cfg: ModelConfig) -> int:
+    q, kv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+    return cfg.hidden_size * (2 * q + 2 * kv) + 3 * cfg.hidden_size * cfg.intermediate_size
+
+
+def total_params(cfg: ModelConfig) -> int:
+    heads = 1 if cfg.tie_word_embeddings else 2
+    return cfg.num_layers * (layer_params(cfg) + 2 * cfg.hidden_size) + heads * cfg.vocab_size * cfg.hidden_size
+
+
+def flops(cfg: ModelConfig, dims: Dims) -> float:
+    """Floating-point operations of one call, over all devices (2 per multiply-add)."""
+    L, D, V, hq = cfg.num_layers, cfg.hidden_size, cfg.vocab_size, cfg.num_heads * cfg.head_dim
+    blocks = 2 * L * layer_params(cfg)
+
+    def attention(rows, queries, keys):  # q.k and p.v over every key (the reference computes the full square)
+        return 4 * L * rows * queries * keys * hq
+
+    if dims.kind == "generate":
+        rows = dims.batch * dims.samples
+        prefill = blocks * dims.batch * dims.seq + attention(dims.batch, dims.seq, dims.seq) + 2 * D * V * dims.batch
+        steps = dims.new_tokens
+        decode = steps * ((blocks + 2 * D * V) * rows + attention(rows, 1, dims.seq + dims.new_tokens))
+        return float(prefill + decode)
+    tokens = dims.batch * dims.seq
+    forward_blocks = blocks * tokens + attention(dims.batch, dims.seq, dims.seq)
+    if dims.kind == "score":  # the head projects only the scored positions, when they are bounded
+        return float(forward_blocks + 2 * D * V * (dims.batch * dims.new_tokens if dims.new_tokens else tokens))
+    recompute = {"none": 0.0, "save_dots": attention(dims.batch, dims.seq, dims.seq), "full": forward_blocks}[dims.remat]
+    # Forward and backward (twice the forward) of blocks and head, plus what remat recomputes.
+    return float(3 * (forward_blocks + 2 * D * V * tokens) + recompute)
+
+
+def memory_bytes(cfg: ModelConfig, dims: Dims, mesh_shape: dict[str, int]) -> float:
+    """Estimated peak bytes per device."""
+    L, D, F, V = cfg.num_layers, cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
+    dp = mesh_shape.get("data", 1) * mesh_shape.get("fsdp", 1)
+    tp, fsdp = mesh_shape.get("tensor", 1), mesh_shape.get("fsdp", 1)
+    heads_tp = tp if cfg.num_heads % tp == 0 and cfg.num_kv_heads % tp == 0 else 1
+    pb, cb = dims.param_bytes, dims.compute_bytes
+    n = total_params(cfg)
+    weights = n * pb / (fsdp * tp)
+    # FSDP gathers one layer's weights (and the vocabulary matrix) at a time.
+    gathered = 0 if fsdp == 1 else (layer_params(cfg) + V * D) * cb / tp
+    kv_width = cfg.num_kv_heads * cfg.head_dim
+
+    def one_layer(rows, seq):  # a block's activations, its fp32 attention scores and their probabilities
+        return (rows * seq * (9 * D + 3 * kv_width + 4 * F) * cb
+                + rows * cfg.num_heads / heads_tp * seq * seq * (4 + cb))
+
+    if dims.kind == "generate":
+        rows = math.ceil(dims.batch / dp)
+        cache = 2 * L * rows * (cfg.num_kv_heads / heads_tp) * (dims.seq + dims.samples * dims.new_tokens) \
+            * cfg.head_dim * cb
+        logits = 4 * rows * dims.samples * V * 4
+        cast = 0 if pb == cb else n * cb / (fsdp * tp)  # the compute-dtype copy the sampler runs on
+        return weights + cast + gathered + cache + logits + one_layer(rows, dims.seq)
+    rows = max(1.0, dims.batch / dims.grad_accum / dp)
+    tokens = rows * dims.seq
+    chunk = min(V, VOCAB_CHUNK)  # the loss projects onto one vocabulary chunk at a time, in fp32
+    if dims.kind == "score":  # only the answer positions (`dims.new_tokens` per row) reach the head
+        return weights + gathered + rows * dims.new_tokens * chunk * 4 * 2 + tokens * D * cb + one_layer(rows, dims.seq)
+    head = tokens * (chunk * 4 * 2 + D * 4 * 2)  # a chunk's fp32 logits and their gradient
+    optimizer = 2 * n * pb / (fsdp * tp)  # AdamW's two moments, in the params' dtype
+    grads = n * pb / (fsdp * tp) * (2 if dims.grad_accum > 1 else 1)
+    cast = 0 if pb == cb else n * cb / (fsdp * tp)  # the compute-dtype copy of the params
+    saved_per_layer = {
+        "none": one_layer(rows, dims.seq),
+        "save_dots": tokens * (4 * D + 2 * kv_width + 2 * F) * cb,
+        "full": tokens * D * cb,
+    }[dims.remat]
+    recompute = 0 if dims.remat == "none" else one_layer(rows, dims.seq)
+    return weights + optimizer + grads + cast + gathered + L * saved_per_layer + recompute + head
