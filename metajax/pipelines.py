@@ -155,7 +155,7 @@ def load_policy(config: Config, mesh=None) -> Policy:
     """The starting policy: the bundled toy model, an HF directory, or a converted GGUF file."""
     from transformers import AutoTokenizer
 
-    directory = _model_dir(config)
+    directory = model_dir(config)
     if config.model.gguf is not None and not (directory / "config.json").is_file():
         from metajax.config import gguf_file
         from metajax.models.gguf import gguf_to_hf
@@ -196,7 +196,7 @@ def load_questions(config: Config) -> tuple[list[Example], list[Example], list[E
     return [ex for ex in train if key(ex) not in excluded], evaluated, fewshot
 
 
-def _model_dir(config: Config) -> Path:
+def model_dir(config: Config) -> Path:
     """The HF directory the base policy is read from (a GGUF file is converted into the run dir)."""
     if config.model.gguf is not None:
         return Path(config.run_dir) / "base_model"
@@ -208,7 +208,7 @@ def _save_policy(config: Config, policy: Policy, directory: Path) -> None:
     process once this returns."""
     import shutil
     save_hf(policy.params, policy.cfg, directory)
-    source = _model_dir(config)
+    source = model_dir(config)
     if is_main_process():
         for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
             if (source / name).is_file():

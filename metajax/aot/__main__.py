@@ -12,13 +12,13 @@ import functools
 import json
 import os
 import sys
-from pathlib import Path
 
 # Set before jax starts: the TPU devices are only described (by libtpu), nothing runs on them, and
 # a local accelerator is not wanted either.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 from metajax.config import ConfigError, load_config  # noqa: E402
+from metajax.files import write_text_atomic  # noqa: E402
 
 REMATS = ("none", "save_dots", "full")
 HEADROOM = 0.9  # a candidate is chosen when its estimate is within this fraction of HBM
@@ -49,13 +49,16 @@ def main(argv: list[str] | None = None) -> int:
     from metajax.aot.architectures import model_config
     from metajax.aot.report import describe
     from metajax.aot.topologies import slice_devices
-    from metajax.pipelines import _model_dir
+    from metajax.pipelines import model_dir
     try:
-        cfg, source = model_config(_model_dir(config), config.model.hub_id, args.model)
+        cfg, source = model_config(model_dir(config), config.model.hub_id, args.model)
     except ValueError as e:
         print(f"metajax.aot: {e}", file=sys.stderr)
         return 2
-    prompt_len = args.prompt_len or min(1024, cfg.max_position_embeddings // 2)
+    prompt_len = args.prompt_len if args.prompt_len is not None else min(1024, cfg.max_position_embeddings // 2)
+    if prompt_len < 1:
+        print(f"metajax.aot: --prompt-len {prompt_len} must be >= 1", file=sys.stderr)
+        return 2
     devices = slice_devices(args.topology)
     print(f"target: {target.name} ({target.topology_name}, {len(devices)} devices of {target.chip.hbm_gib:g} GiB HBM); "
           f"model: {source}; task: {config.task}; dtype {config.model.dtype}, compute {config.model.compute_dtype}; "
@@ -75,12 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     for result in failed:
         print("\n".join(_suggestion(args, result, cfg, target, devices, prompt_len)))
     if args.json:
-        Path(args.json).write_text(json.dumps([_record(r, target, mesh_shape) for r in results], indent=1) + "\n")
+        write_text_atomic(args.json, json.dumps([_record(r, target, mesh_shape) for r in results], indent=1) + "\n")
     print(f"fits: {'no' if failed else 'yes'}")
     return 1 if failed else 0
 
 
-def _compile_all(config, cfg, target, devices, prompt_len, selected, only: str | None = None):
+def _compile_all(config, cfg, target, devices, prompt_len, selected):
     from metajax.aot.programs import run_programs
     from metajax.aot.report import compile_program
     from metajax.models.sharding import make_mesh
@@ -90,7 +93,7 @@ def _compile_all(config, cfg, target, devices, prompt_len, selected, only: str |
     if unknown:
         raise ValueError(f"no program {sorted(unknown)} in task {config.task}; it has {[p.name for p in programs]}")
     mesh_shape = dict(mesh.shape)
-    chosen = [p for p in programs if (selected is None or p.name in selected) and (only is None or p.name == only)]
+    chosen = [p for p in programs if selected is None or p.name in selected]
     return [compile_program(p, cfg, target, mesh_shape) for p in chosen], mesh_shape
 
 
