@@ -223,8 +223,12 @@ def _mesh(config: Config):
     return make_mesh(config.mesh)
 
 
+# The config's dtype names (`model.dtype`, `model.compute_dtype`) and what they mean.
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
 def _dtype(name: str):
-    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
+    return DTYPES[name]
 
 
 def run_toy_pretrain_pipeline(config: Config, run_dir: Path) -> dict:

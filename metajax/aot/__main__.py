@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         if not result.fits:
             failed.append(result)
     for result in failed:
-        print("\n".join(_suggestion(args, result, cfg, target, devices, prompt_len)))
+        print("\n".join(_suggestion(args, config, result, cfg, target, devices, prompt_len)))
     if args.json:
         write_text_atomic(args.json, json.dumps([_record(r, target, mesh_shape) for r in results], indent=1) + "\n")
     print(f"fits: {'no' if failed else 'yes'}")
@@ -113,12 +113,12 @@ def _candidates(config, program, num_devices: int) -> list[list[str]]:
     smaller = []
     if "batch" in program.knobs:
         key = program.knobs["batch"]
-        value = functools.reduce(getattr, key.split("."), config)
+        value = _config_value(config, key)
         smaller = [[f"{key}={value // f}"] for f in (2, 4, 8) if value // f >= 1]
     return [all_fsdp] + [all_fsdp + s for s in smaller] + tensor
 
 
-def _suggestion(args, result, cfg, target, devices, prompt_len) -> list[str]:
+def _suggestion(args, config, result, cfg, target, devices, prompt_len) -> list[str]:
     """A setting that fits: the first candidate whose analytic estimate leaves headroom, confirmed
     with one compile (not searched by compiling many)."""
     from metajax.aot.estimate import memory_bytes
@@ -131,7 +131,6 @@ def _suggestion(args, result, cfg, target, devices, prompt_len) -> list[str]:
         programs = run_programs(config, cfg, mesh, prompt_len=prompt_len)
         return next(p for p in programs if p.name == result.program), dict(mesh.shape)
 
-    config = load_config(args.config, args.set, check_local=False)
     program, _ = program_of(config)
     lines = [f"{result.program} does not fit {target.name}'s {result.hbm / GIB:.1f} GiB per device"]
     tried = set()
@@ -166,7 +165,12 @@ def _already(config, override: str) -> bool:
     """Whether `config` already has the value `key=value` sets."""
     import yaml
     key, _, value = override.partition("=")
-    return functools.reduce(getattr, key.split("."), config) == yaml.safe_load(value)
+    return _config_value(config, key) == yaml.safe_load(value)
+
+
+def _config_value(config, key: str):
+    """The value of a dotted config key ("mesh.fsdp")."""
+    return functools.reduce(getattr, key.split("."), config)
 
 
 def _record(result, target, mesh_shape) -> dict:

@@ -21,6 +21,7 @@ from metajax.models.config import ModelConfig
 from metajax.models.logprobs import sequence_logprobs
 from metajax.models.sharding import batch_sharding
 from metajax.models.transformer import abstract_params
+from metajax.pipelines import DTYPES
 from metajax.sampling.sampler import lower_generate
 from metajax.train.losses import PolicyGradientLoss, SFTLoss
 from metajax.train.optim import make_optimizer
@@ -29,7 +30,6 @@ from metajax.train.step import make_train_step
 
 # Answer tokens scored after a chain (VOC's log p(y | x, z)) and appended to an SFT row.
 ANSWER_TOKENS = 32
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,8 +52,8 @@ class Program:
 def run_programs(config, cfg: ModelConfig, mesh, *, prompt_len: int) -> list[Program]:
     """The programs `config.task` compiles, on `mesh` (built from the target's devices)."""
     model = config.model
-    param_bytes, compute_bytes = (jnp.dtype(_DTYPES[d]).itemsize for d in (model.dtype, model.compute_dtype))
-    common = dict(cfg=cfg, mesh=mesh, param_dtype=_DTYPES[model.dtype], compute_dtype=_DTYPES[model.compute_dtype],
+    param_bytes, compute_bytes = (jnp.dtype(DTYPES[d]).itemsize for d in (model.dtype, model.compute_dtype))
+    common = dict(cfg=cfg, mesh=mesh, param_dtype=DTYPES[model.dtype], compute_dtype=DTYPES[model.compute_dtype],
                   param_bytes=param_bytes, compute_bytes=compute_bytes)
     train = dict(common, remat=model.remat)
     ei, grpo, mft = config.expert_iteration, config.grpo, config.mft

@@ -45,7 +45,7 @@ REMAT_POLICIES = {
 
 def remat_name(remat: str | bool) -> str:
     """The `REMAT_POLICIES` key `remat` names (a key, or a bool); a clear error for anything else."""
-    name = {True: "full", False: "none"}.get(remat, remat) if isinstance(remat, bool) else remat
+    name = ("full" if remat else "none") if isinstance(remat, bool) else remat
     if name not in REMAT_POLICIES:
         raise ValueError(f"remat={remat!r} is not a remat policy; use one of {sorted(REMAT_POLICIES)}")
     return name
@@ -110,6 +110,11 @@ def abstract_params(cfg: ModelConfig, *, dtype=jnp.float32, mesh=None) -> Params
         sharding = None if mesh is None else named_sharding(mesh, spec.logical_axes, spec.shape)
         return jax.ShapeDtypeStruct(spec.shape, jnp.dtype(dtype), sharding=sharding)
     return jax.tree.map(abstract, param_specs(cfg), is_leaf=is_param_spec)
+
+
+def cast_params(params: Params, dtype) -> Params:
+    """`params` with every floating-point leaf in `dtype` (bf16 compute over fp32 master weights)."""
+    return jax.tree.map(lambda p: p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p, params)
 
 
 @functools.cache

@@ -31,7 +31,7 @@ from metajax.batching import bucket, pad_rows
 from metajax.host import to_host
 from metajax.models.config import ModelConfig
 from metajax.models.sharding import batch_sharding
-from metajax.models.transformer import Params, decode_step, prefill
+from metajax.models.transformer import Params, cast_params, decode_step, prefill
 from metajax.sampling.stop_text import StopText, advance, initial_state
 
 _FREE, _FORCING, _ANSWER, _DONE = 0, 1, 2, 3
@@ -235,7 +235,7 @@ def _generate_core(params, *, cfg: ModelConfig, n_samples: int, cache_len: int, 
     """The compiled generation program; arrays are [prompts, n_samples, ...] on the bucketed grid."""
     compile_counts[(prompts.shape, n_samples, cache_len)] += 1
     if compute_dtype is not None:
-        params = jax.tree.map(lambda p: p.astype(compute_dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p, params)
+        params = cast_params(params, compute_dtype)
     max_new, forced_len, allowance = limits[0], limits[1], limits[2]
     num_prompts = prompts.shape[0]
     logits, cache = prefill(params, cfg, prompts, prompt_mask, num_samples=n_samples,

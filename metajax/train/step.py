@@ -26,7 +26,7 @@ import optax
 
 from metajax.models.config import ModelConfig
 from metajax.models.sharding import batch_sharding, named_sharding
-from metajax.models.transformer import is_param_spec, param_specs, remat_name
+from metajax.models.transformer import cast_params, is_param_spec, param_specs, remat_name
 from metajax.train.optim import learning_rate
 from metajax.train.state import TrainState
 
@@ -80,8 +80,7 @@ def make_train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, l
 
     def loss_terms(params, micro):
         if compute_dtype is not None:
-            params = jax.tree.map(lambda p: p.astype(compute_dtype) if jnp.issubdtype(p.dtype, jnp.floating)
-                                  else p, params)
+            params = cast_params(params, compute_dtype)
         loss_sum, denominator, stats = loss(params, cfg, micro, remat=remat)
         return loss_sum, (denominator, stats)
 
