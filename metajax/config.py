@@ -45,6 +45,10 @@ class ModelSection:
     dtype: parameter dtype. compute_dtype: training compute dtype (bf16 keeps fp32 master weights).
     remat: what each block recomputes in training's backward pass instead of keeping: "none",
       "save_dots" (keeps the weight matmuls' outputs) or "full" (keeps only each block's input).
+    attention: how scoring, training and prefill compute attention: "blockwise" (causal query
+      blocks, no [seq, seq] score tensor), "reference" (the plain definition) or "dot_product"
+      (`jax.nn.dot_product_attention`, fused kernels where the backend has them). The same numbers
+      from each (`metajax.models.attention`).
     """
 
     path: str = "toy"
@@ -53,6 +57,7 @@ class ModelSection:
     dtype: Literal["float32", "bfloat16"] = "float32"
     compute_dtype: Literal["float32", "bfloat16"] = "float32"
     remat: Literal["none", "save_dots", "full"] = "none"
+    attention: Literal["blockwise", "reference", "dot_product"] = "blockwise"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -161,6 +161,7 @@ def load_policy(config: Config, mesh=None) -> Policy:
         from metajax.models.gguf import gguf_to_hf
         gguf_to_hf(gguf_file(config.model.gguf), directory)
     params, cfg = load_hf(directory, dtype=_dtype(config.model.dtype), mesh=mesh)
+    cfg = dataclasses.replace(cfg, attention=config.model.attention)
     tokenizer = AutoTokenizer.from_pretrained(str(directory))
     sample_dtype = None if config.model.compute_dtype == config.model.dtype else _dtype(config.model.compute_dtype)
     policy = Policy.of(params, cfg, tokenizer, chat=config.prompting.chat, system_prompt=config.prompting.system_prompt,

@@ -75,16 +75,17 @@ def test_collectives_are_counted_by_kind():
     assert count_collectives(hlo) == {"all-gather": 1, "all-reduce": 1, "collective-permute": 1}
 
 
-@pytest.mark.parametrize("remat", ["none", "full"])
-def test_analytic_flops_match_the_compiler_on_one_layer(remat):
-    """With one layer the scan body runs once, so the compiler's count is complete: the two agree."""
+@pytest.mark.parametrize("attention,remat", [("blockwise", "none"), ("blockwise", "full"), ("reference", "save_dots")])
+def test_analytic_flops_match_the_compiler_on_one_layer(attention, remat):
+    """With one layer the scan body runs once, so the compiler's count is complete: the two agree.
+    At 256 tokens "blockwise" skips a quarter of the attention pairs, which the estimate must see."""
     cfg = ModelConfig.of("llama", vocab_size=1024, hidden_size=256, intermediate_size=1024, num_layers=1,
-                         num_heads=4, num_kv_heads=2)
+                         num_heads=4, num_kv_heads=2, attention=attention)
     sgd = optax.sgd(1.0)
     params = abstract_params(cfg)
     batch = {k: jax.ShapeDtypeStruct((4, 256), dtype)
              for k, dtype in (("tokens", jnp.int32), ("loss_mask", bool), ("attention_mask", bool))}
     step = make_train_step(cfg, sgd, SFTLoss(), remat=remat).lower(abstract_train_state(params, sgd), batch).compile()
-    assert step.cost_analysis()["flops"] == pytest.approx(flops(cfg, Dims("train", 4, 256, remat=remat)), rel=0.06)
+    assert step.cost_analysis()["flops"] == pytest.approx(flops(cfg, Dims("train", 4, 256, remat=remat)), rel=0.03)
     forward = token_logprobs.lower(params, cfg, batch["tokens"]).compile()
     assert forward.cost_analysis()["flops"] == pytest.approx(flops(cfg, Dims("score", 4, 256)), rel=0.03)

@@ -189,7 +189,7 @@ def test_kv_cache_is_sharded_like_its_logical_axes(hf_checkpoint, one_device):
     assert sharded_as(cache.k, None, batch, None, "tensor", None, None)
     assert sharded_as(cache.prompt_mask, batch, None)
     shard = cache.k.addressable_shards[0].data.shape
-    assert shard == (cfg.num_layers, BATCH // 4, 2, cfg.num_kv_heads // 2, 8, cfg.head_dim)
+    assert shard == (cfg.num_layers, BATCH // 4, 2, cfg.num_kv_heads // 2, cfg.head_dim, 8)
 
 
 def test_a_checkpoint_restores_onto_another_mesh_shape(hf_checkpoint, tmp_path):

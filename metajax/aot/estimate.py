@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from metajax.models.attention import ATTENTION_BLOCK
 from metajax.models.config import ModelConfig
 from metajax.models.logprobs import VOCAB_CHUNK
 
@@ -46,25 +47,39 @@ def total_params(cfg: ModelConfig) -> int:
     return cfg.num_layers * (layer_params(cfg) + 2 * cfg.hidden_size) + heads * cfg.vocab_size * cfg.hidden_size
 
 
+def causal_pairs(cfg: ModelConfig, seq: int) -> int:
+    """(query, key) pairs full-sequence attention computes over `seq` tokens: every pair for
+    "reference" and "dot_product"; for "blockwise", each query block times its key prefix."""
+    if cfg.attention != "blockwise":
+        return seq * seq
+    return sum((min(start + ATTENTION_BLOCK, seq) - start) * min(start + ATTENTION_BLOCK, seq)
+               for start in range(0, seq, ATTENTION_BLOCK))
+
+
 def flops(cfg: ModelConfig, dims: Dims) -> float:
     """Floating-point operations of one call, over all devices (2 per multiply-add)."""
-    L, D, V, hq = cfg.num_layers, cfg.hidden_size, cfg.vocab_size, cfg.num_heads * cfg.head_dim
+    L, D, F, V = cfg.num_layers, cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
+    hq = cfg.num_heads * cfg.head_dim
     blocks = 2 * L * layer_params(cfg)
 
-    def attention(rows, queries, keys):  # q.k and p.v over every key (the reference computes the full square)
-        return 4 * L * rows * queries * keys * hq
+    def attention(rows, pairs):  # q.k and p.v over each (query, key) pair
+        return 4 * L * rows * pairs * hq
 
+    prompt_attention = attention(dims.batch, causal_pairs(cfg, dims.seq))
     if dims.kind == "generate":
         rows = dims.batch * dims.samples
-        prefill = blocks * dims.batch * dims.seq + attention(dims.batch, dims.seq, dims.seq) + 2 * D * V * dims.batch
+        prefill = blocks * dims.batch * dims.seq + prompt_attention + 2 * D * V * dims.batch
         steps = dims.new_tokens
-        decode = steps * ((blocks + 2 * D * V) * rows + attention(rows, 1, dims.seq + dims.new_tokens))
+        decode = steps * ((blocks + 2 * D * V) * rows + attention(rows, dims.seq + dims.new_tokens))
         return float(prefill + decode)
     tokens = dims.batch * dims.seq
-    forward_blocks = blocks * tokens + attention(dims.batch, dims.seq, dims.seq)
+    forward_blocks = blocks * tokens + prompt_attention
     if dims.kind == "score":  # the head projects only the scored positions, when they are bounded
         return float(forward_blocks + 2 * D * V * (dims.batch * dims.new_tokens if dims.new_tokens else tokens))
-    recompute = {"none": 0.0, "save_dots": attention(dims.batch, dims.seq, dims.seq), "full": forward_blocks}[dims.remat]
+    # Full remat recomputes a block up to what its backward reads: the output and down projections'
+    # results feed only the residual stream, so those two matmuls are not run again.
+    recompute_full = 2 * L * (layer_params(cfg) - hq * D - F * D) * tokens + prompt_attention
+    recompute = {"none": 0.0, "save_dots": prompt_attention, "full": recompute_full}[dims.remat]
     # Forward and backward (twice the forward) of blocks and head, plus what remat recomputes.
     return float(3 * (forward_blocks + 2 * D * V * tokens) + recompute)
 
@@ -82,9 +97,12 @@ def memory_bytes(cfg: ModelConfig, dims: Dims, mesh_shape: dict[str, int]) -> fl
     gathered = 0 if fsdp == 1 else (layer_params(cfg) + V * D) * cb / tp
     kv_width = cfg.num_kv_heads * cfg.head_dim
 
+    # Queries whose fp32 scores and probabilities are live at once: all of them, or one block.
+    live_queries = ATTENTION_BLOCK if cfg.attention == "blockwise" else dims.seq
+
     def one_layer(rows, seq):  # a block's activations, its fp32 attention scores and their probabilities
         return (rows * seq * (9 * D + 3 * kv_width + 4 * F) * cb
-                + rows * cfg.num_heads / heads_tp * seq * seq * (4 + cb))
+                + rows * cfg.num_heads / heads_tp * min(seq, live_queries) * seq * (4 + cb))
 
     if dims.kind == "generate":
         rows = math.ceil(dims.batch / dp)

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from metajax.models.attention import ATTENTION_IMPLEMENTATIONS
+
 # model_type -> the architecture switches it implies. The only place that lists what we support.
 SUPPORTED_MODEL_TYPES: dict[str, dict[str, bool]] = {
     "llama": dict(qkv_bias=False, qk_norm=False),  # Llama 2, 3, 3.1, 3.2; SmolLM2
@@ -49,6 +51,9 @@ class ModelConfig:
       qkv_bias: q/k/v projections carry a bias (Qwen2).
       qk_norm: RMSNorm over head_dim on q and k before RoPE (Qwen3).
       eos_token_ids: every id that ends generation (Llama 3 instruct has several).
+      attention: how full-sequence attention is computed, one of
+        `metajax.models.attention.ATTENTION_IMPLEMENTATIONS` (the same numbers from each; a runtime
+        choice, not part of the checkpoint: HF conversion neither reads nor writes it).
     """
 
     model_type: str
@@ -69,6 +74,7 @@ class ModelConfig:
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
     pad_token_id: int | None = None
+    attention: str = "blockwise"
 
     def __post_init__(self):
         if self.model_type not in SUPPORTED_MODEL_TYPES:
@@ -78,6 +84,8 @@ class ModelConfig:
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}")
+        if self.attention not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(f"attention={self.attention!r} is not one of {ATTENTION_IMPLEMENTATIONS}")
         if self.head_dim % 2:
             raise ValueError(f"head_dim={self.head_dim} must be even for rotary embeddings")
 

@@ -16,21 +16,16 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from metajax.models.attention import attention, decode_attention
 from metajax.models.config import ModelConfig, rope_inverse_frequencies
 from metajax.models.sharding import LogicalAxes, constrain, named_sharding
 
 Params = dict
-
-# Large finite negative instead of -inf: a fully masked row (a padding query) then softmaxes to a
-# harmless uniform distribution rather than NaN.
-_MASKED = -0.7 * float(np.finfo(np.float32).max)
 
 # What each block keeps from its forward pass for the backward ("remat", activation checkpointing).
 # "save_dots" keeps the outputs of the weight matmuls (q/k/v/o projections, gate/up/down) and
@@ -180,7 +175,7 @@ def hidden_states(params: Params, cfg: ModelConfig, tokens: jax.Array, *, positi
         allowed &= segment_ids[:, None, :] == segment_ids[:, :, None]
 
     def attend(q, k, v):
-        return _attention(q, k, v, allowed), (k, v)
+        return attention(q, k, v, allowed, implementation=cfg.attention, causal=True), (k, v)
 
     x = constrain(params["embed"][tokens], ("batch", "seq", "act_embed"))
     x, kv = _run_blocks(params, cfg, x, positions, attend, remat=remat)
@@ -202,14 +197,16 @@ class KVCache:
     The prompt part is stored once per prompt and shared by its samples; the generated part has one
     slot per sample and step.
 
-    Heads come before positions so that each attention read is a plain batched matmul over
-    (batch, samples, kv_heads) with contiguous [positions, head_dim] tiles: with positions first,
-    XLA transposes the whole cache on every decode step.
+    Heads come before positions, and keys are stored transposed ([head_dim, positions]), so that
+    both attention products of a decode step are plain batched matmuls over contiguous tiles: with
+    positions first XLA transposed the whole cache every step, and contracting head_dim on the
+    minor axis of both operands ran 4x slower on XLA:CPU.
 
     Attributes:
-      prompt_k, prompt_v: [layers, batch, kv_heads, prompt_len, head_dim].
+      prompt_k: [layers, batch, kv_heads, head_dim, prompt_len]; prompt_v: [layers, batch, kv_heads,
+        prompt_len, head_dim].
       prompt_mask: bool[batch, prompt_len], False on (left) padding.
-      k, v: [layers, batch, n, kv_heads, max_new, head_dim].
+      k: [layers, batch, n, kv_heads, head_dim, max_new]; v: [layers, batch, n, kv_heads, max_new, head_dim].
     """
 
     prompt_k: jax.Array
@@ -225,10 +222,10 @@ class KVCache:
 
 
 KV_CACHE_AXES: dict[str, LogicalAxes] = {
-    "prompt_k": ("layers", "batch", "kv_heads", "seq", "head_dim"),
+    "prompt_k": ("layers", "batch", "kv_heads", "head_dim", "seq"),
     "prompt_v": ("layers", "batch", "kv_heads", "seq", "head_dim"),
     "prompt_mask": ("batch", "seq"),
-    "k": ("layers", "batch", None, "kv_heads", "seq", "head_dim"),
+    "k": ("layers", "batch", None, "kv_heads", "head_dim", "seq"),
     "v": ("layers", "batch", None, "kv_heads", "seq", "head_dim"),
 }
 
@@ -247,12 +244,13 @@ def prefill(params: Params, cfg: ModelConfig, prompts: jax.Array, prompt_mask: j
     hidden, (k, v) = hidden_states(params, cfg, prompts, attention_mask=prompt_mask, return_kv=True)
     logits = logits_from_hidden(params, cfg, hidden[:, -1])
     cache_dtype = cache_dtype or k.dtype
-    gen_shape = (cfg.num_layers, prompts.shape[0], num_samples, cfg.num_kv_heads, max_new_tokens, cfg.head_dim)
-    heads_first = (0, 1, 3, 2, 4)  # [layers, batch, seq, kv_heads, hd] -> [layers, batch, kv_heads, seq, hd]
-    cache = KVCache(prompt_k=k.transpose(heads_first).astype(cache_dtype),
-                    prompt_v=v.transpose(heads_first).astype(cache_dtype),
+    gen_v_shape = (cfg.num_layers, prompts.shape[0], num_samples, cfg.num_kv_heads, max_new_tokens, cfg.head_dim)
+    gen_k_shape = gen_v_shape[:-2] + (cfg.head_dim, max_new_tokens)
+    # [layers, batch, seq, kv_heads, hd] -> keys [.., kv_heads, hd, seq], values [.., kv_heads, seq, hd]
+    cache = KVCache(prompt_k=k.transpose(0, 1, 3, 4, 2).astype(cache_dtype),
+                    prompt_v=v.transpose(0, 1, 3, 2, 4).astype(cache_dtype),
                     prompt_mask=prompt_mask.astype(bool),
-                    k=jnp.zeros(gen_shape, cache_dtype), v=jnp.zeros(gen_shape, cache_dtype))
+                    k=jnp.zeros(gen_k_shape, cache_dtype), v=jnp.zeros(gen_v_shape, cache_dtype))
     return logits, cache.constrained()
 
 
@@ -267,19 +265,19 @@ def decode_step(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: 
     Returns:
       logits: float32[batch, n, vocab] for the next token, and the updated cache.
     """
-    max_new = cache.k.shape[4]
+    max_new = cache.v.shape[4]
     earlier = jnp.arange(max_new) < step  # generated slots this token may attend to
 
     def attend(q, k, v, layer_cache):
         prompt_k, prompt_v, gen_k, gen_v = layer_cache
-        return _decode_attention(q, k, v, prompt_k, prompt_v, cache.prompt_mask, gen_k, gen_v, earlier), (k, v)
+        return decode_attention(q, k, v, prompt_k, prompt_v, cache.prompt_mask, gen_k, gen_v, earlier), (k, v)
 
     x = params["embed"][tokens]
     layer_caches = (cache.prompt_k, cache.prompt_v, cache.k, cache.v)
     x, (k_new, v_new) = _run_blocks(params, cfg, x, positions, attend, layer_caches=layer_caches)
     logits = logits_from_hidden(params, cfg, rms_norm(x, params["final_norm"], cfg.rms_norm_eps))
     # k_new: [layers, batch, n, kv_heads, head_dim] -> generated slot `step` of every layer at once.
-    k = jax.lax.dynamic_update_slice_in_dim(cache.k, k_new[..., None, :].astype(cache.k.dtype), step, axis=4)
+    k = jax.lax.dynamic_update_slice_in_dim(cache.k, k_new[..., None].astype(cache.k.dtype), step, axis=5)
     v = jax.lax.dynamic_update_slice_in_dim(cache.v, v_new[..., None, :].astype(cache.v.dtype), step, axis=4)
     return logits, dataclasses.replace(cache, k=k, v=v).constrained()
 
@@ -346,44 +344,6 @@ def _apply_rope(x: jax.Array, sin: jax.Array, cos: jax.Array) -> jax.Array:
     half = x.shape[-1] // 2
     rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
     return x * cos + rotated * sin
-
-
-def _attention(q, k, v, allowed):
-    """Grouped-query attention. q: [b, t, q_heads, hd]; k, v: [b, s, kv_heads, hd];
-    allowed: bool[b, t, s]. Returns [b, t, q_heads, hd]."""
-    b, t, hq, hd = q.shape
-    hkv = k.shape[2]
-    q = q.reshape(b, t, hkv, hq // hkv, hd)
-    scores = jnp.einsum("btgrk,bsgk->bgrts", q, k, preferred_element_type=jnp.float32) / math.sqrt(hd)
-    scores = jnp.where(allowed[:, None, None], scores, _MASKED)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    return jnp.einsum("bgrts,bsgk->btgrk", probs, v).reshape(b, t, hq, hd)
-
-
-def _decode_attention(q, k_self, v_self, prompt_k, prompt_v, prompt_mask, gen_k, gen_v, earlier):
-    """Attention of one new token per sample over [its prompt | its earlier tokens | itself].
-
-    q: [b, n, q_heads, hd]; k_self, v_self: [b, n, kv_heads, hd]; prompt_k/v: [b, kv_heads, p, hd]
-    (shared by the n samples); gen_k/v: [b, n, kv_heads, max_new, hd]; earlier: bool[max_new].
-    """
-    b, n, hq, hd = q.shape
-    hkv = k_self.shape[2]
-    dtype = q.dtype
-    q = q.reshape(b, n, hkv, hq // hkv, hd)
-    scale = 1.0 / math.sqrt(hd)
-    f32 = jnp.float32
-    s_prompt = jnp.einsum("bngrk,bgpk->bngrp", q, prompt_k.astype(dtype), preferred_element_type=f32)
-    s_gen = jnp.einsum("bngrk,bngsk->bngrs", q, gen_k.astype(dtype), preferred_element_type=f32)
-    s_self = jnp.einsum("bngrk,bngk->bngr", q, k_self, preferred_element_type=f32)[..., None]
-    s_prompt = jnp.where(prompt_mask[:, None, None, None, :], s_prompt, _MASKED)
-    s_gen = jnp.where(earlier, s_gen, _MASKED)
-    probs = jax.nn.softmax(jnp.concatenate([s_prompt, s_gen, s_self], axis=-1) * scale, axis=-1)
-    p_len, g_len = prompt_k.shape[2], gen_k.shape[3]
-    probs = probs.astype(dtype)
-    out = (jnp.einsum("bngrp,bgpk->bngrk", probs[..., :p_len], prompt_v.astype(dtype))
-           + jnp.einsum("bngrs,bngsk->bngrk", probs[..., p_len:p_len + g_len], gen_v.astype(dtype))
-           + probs[..., -1:] * v_self[:, :, :, None, :])
-    return out.reshape(b, n, hq, hd)
 
 
 def _default_positions(index, valid, segment_ids):
