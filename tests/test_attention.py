@@ -11,7 +11,7 @@ import pytest
 from metajax.models import ModelConfig, forward, init_params
 from metajax.models.attention import (ATTENTION_IMPLEMENTATIONS, attention, blockwise_attention, decode_attention,
                                       reference_attention)
-from metajax.models.transformer import decode_step, prefill
+from metajax.models.transformer import decode_step, prefill, unstack_layers
 
 B, T, HQ, HKV, HD = 2, 37, 4, 2, 8  # 37 tokens: blocks of 8 leave a partial last block
 
@@ -86,8 +86,10 @@ def test_forward_logits_agree_across_implementations_over_several_blocks():
                                    atol=1e-5, rtol=1e-5, err_msg=name)
 
 
-def test_decode_attention_equals_full_attention_over_the_same_keys():
-    """A prefill plus two decode steps gives the logits a full forward gives at those positions."""
+@pytest.mark.parametrize("unstacked", [False, True])
+def test_decode_attention_equals_full_attention_over_the_same_keys(unstacked):
+    """A prefill plus two decode steps gives the logits a full forward gives at those positions,
+    over stacked layers and over per-layer buffers (`unstack_layers`, the XLA:CPU decode loop's)."""
     cfg = ModelConfig.of("llama", vocab_size=64, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
                          num_kv_heads=2, max_position_embeddings=128)
     params = init_params(cfg, jax.random.key(0))
@@ -95,15 +97,17 @@ def test_decode_attention_equals_full_attention_over_the_same_keys():
     mask = jnp.ones((2, 12), bool).at[0, :3].set(False)  # left padding
     extra = jnp.array([[5, 9], [7, 1]], jnp.int32)
     _, cache = prefill(params, cfg, prompt, mask, num_samples=1, max_new_tokens=4)
+    step_params, cache = unstack_layers(params, cache) if unstacked else (params, cache)
     positions = jnp.sum(mask, axis=1, dtype=jnp.int32)[:, None]
     step_logits = []
     for i in range(2):
-        logits, cache = decode_step(params, cfg, extra[:, i:i + 1], positions + i, cache, jnp.int32(i))
+        logits, cache = decode_step(step_params, cfg, extra[:, i:i + 1], positions + i, cache, jnp.int32(i))
         step_logits.append(logits[:, 0])
     full = forward(params, cfg, jnp.concatenate([prompt, extra], axis=1),
                    attention_mask=jnp.concatenate([mask, jnp.ones((2, 2), bool)], axis=1))
     np.testing.assert_allclose(np.stack(step_logits, 1), full[:, 12:], atol=1e-5, rtol=1e-5)
-    assert cache.k.shape == (2, 2, 1, 2, 8, 4) and cache.prompt_k.shape == (2, 2, 2, 8, 12)  # keys [.., hd, slots]
+    k, prompt_k = (jnp.stack(cache.k), jnp.stack(cache.prompt_k)) if unstacked else (cache.k, cache.prompt_k)
+    assert k.shape == (2, 2, 1, 2, 8, 4) and prompt_k.shape == (2, 2, 2, 8, 12)  # keys [.., hd, slots]
 
 
 def test_decode_attention_ignores_unwritten_slots():

@@ -27,11 +27,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from metajax.batching import bucket, pad_rows
+from metajax.batching import bucket, length_bucket, pad_rows
 from metajax.host import to_host
 from metajax.models.config import ModelConfig
 from metajax.models.sharding import batch_sharding
-from metajax.models.transformer import Params, cast_params, decode_step, prefill
+from metajax.models.transformer import Params, cast_params, decode_step, prefill, unstack_layers
 from metajax.sampling.stop_text import StopText, advance, initial_state
 
 _FREE, _FORCING, _ANSWER, _DONE = 0, 1, 2, 3
@@ -202,8 +202,8 @@ def _program(cfg, rows, *, n_samples, max_new_tokens, budgets, temps, top_p, top
     dp = 1 if mesh is None else int(np.prod([mesh.shape[a] for a in ("data", "fsdp")]))
     prompt_bucket = max(bucket(num_prompts, minimum=1), dp)
     padded_rows = rows + [[pad_id]] * (prompt_bucket - num_prompts)
-    tokens, mask = pad_rows(padded_rows, length=bucket(max(map(len, rows))), pad_id=pad_id, left=True)
-    cache_len = bucket(max_new_tokens + len(forced_ending) + answer_allowance)
+    tokens, mask = pad_rows(padded_rows, length=length_bucket(max(map(len, rows))), pad_id=pad_id, left=True)
+    cache_len = length_bucket(max_new_tokens + len(forced_ending) + answer_allowance)
     # Padded to sizes that do not depend on their lengths, so a new ending or stop set never recompiles.
     forced = np.zeros(cache_len, np.int32)
     forced[:len(forced_ending)] = forced_ending
@@ -222,15 +222,17 @@ def _program(cfg, rows, *, n_samples, max_new_tokens, budgets, temps, top_p, top
         top_p=np.float32(top_p), top_k=np.int32(top_k), stop_tokens=stops, forced_ending=forced, stop_text=stop_text)
     dtypes = {name: None if d is None else jnp.dtype(d) for name, d in (("cache_dtype", cache_dtype),
                                                                          ("compute_dtype", compute_dtype))}
-    return dict(cfg=cfg, n_samples=n_samples, cache_len=cache_len, **dtypes), inputs
+    # XLA:CPU decodes faster over per-layer buffers; other backends keep the layer scan.
+    platform = jax.default_backend() if mesh is None else mesh.devices.flat[0].platform
+    return dict(cfg=cfg, n_samples=n_samples, cache_len=cache_len, unstack=platform == "cpu", **dtypes), inputs
 
 
 _BATCHED = ("prompts", "prompt_mask", "budgets", "temperatures")
 
 
-@partial(jax.jit, static_argnames=("cfg", "n_samples", "cache_len", "cache_dtype", "compute_dtype"))
-def _generate_core(params, *, cfg: ModelConfig, n_samples: int, cache_len: int, cache_dtype, compute_dtype, prompts,
-                   prompt_mask, budgets, temperatures, limits, top_p, top_k, stop_tokens, forced_ending, rng,
+@partial(jax.jit, static_argnames=("cfg", "n_samples", "cache_len", "unstack", "cache_dtype", "compute_dtype"))
+def _generate_core(params, *, cfg: ModelConfig, n_samples: int, cache_len: int, unstack: bool, cache_dtype,
+                   compute_dtype, prompts, prompt_mask, budgets, temperatures, limits, top_p, top_k, stop_tokens, forced_ending, rng,
                    stop_text):
     """The compiled generation program; arrays are [prompts, n_samples, ...] on the bucketed grid."""
     compile_counts[(prompts.shape, n_samples, cache_len)] += 1
@@ -240,6 +242,8 @@ def _generate_core(params, *, cfg: ModelConfig, n_samples: int, cache_len: int, 
     num_prompts = prompts.shape[0]
     logits, cache = prefill(params, cfg, prompts, prompt_mask, num_samples=n_samples,
                             max_new_tokens=cache_len, cache_dtype=cache_dtype)
+    if unstack:
+        params, cache = unstack_layers(params, cache)
     logits = jnp.broadcast_to(logits[:, None], (num_prompts, n_samples, logits.shape[-1]))
     prompt_len = jnp.sum(prompt_mask, axis=1, dtype=jnp.int32)[:, None]
     free_limit = jnp.minimum(budgets, max_new)
