@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from metajax.batching import bucket, pad_rows
+from metajax.batching import bucket, length_bucket, pad_rows
 from metajax.models import load_hf
 from metajax.models import forward, init_params
 from metajax.models.config import ModelConfig
@@ -158,6 +158,13 @@ def test_score_sequences_rejects_bad_inputs(llama3, sequences, message):
                                                 (100, 16, 128), (1, 1, 1), (3, 1, 4), (64, 1, 64)])
 def test_bucket(n, minimum, expected):
     assert bucket(n, minimum=minimum) == expected
+
+
+@pytest.mark.parametrize("n,expected", [(1, 16), (17, 32), (128, 128), (129, 160), (200, 224), (257, 320),
+                                        (896, 896), (903, 1024), (1025, 1280), (1500, 1536)])
+def test_length_bucket_steps_four_times_per_octave_above_128(n, expected):
+    assert length_bucket(n) == expected
+    assert expected - n < max(expected / 5, 16)  # the padding wasted
 
 
 @pytest.mark.parametrize("left", [False, True])

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec
 
 from metajax.aot.estimate import Dims
-from metajax.batching import bucket
+from metajax.batching import bucket, length_bucket
 from metajax.models.config import ModelConfig
 from metajax.models.logprobs import sequence_logprobs
 from metajax.models.sharding import batch_sharding
@@ -110,8 +110,8 @@ def _rows(mesh, batch, seq, dtype):
 def _generate(name, *, cfg, mesh, param_dtype, compute_dtype, param_bytes, compute_bytes, num_prompts, prompt_len, n,
               new, knobs):
     dp = mesh.shape["data"] * mesh.shape["fsdp"]
-    prompts, cache_len = max(bucket(num_prompts, minimum=1), dp), bucket(new)  # as `generate` buckets them
-    dims = Dims("generate", batch=prompts, seq=bucket(prompt_len), samples=n, new_tokens=cache_len,
+    prompts, cache_len = max(bucket(num_prompts, minimum=1), dp), length_bucket(new)  # as `generate` buckets them
+    dims = Dims("generate", batch=prompts, seq=length_bucket(prompt_len), samples=n, new_tokens=cache_len,
                 param_bytes=param_bytes, compute_bytes=compute_bytes)
 
     def lower():

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from metajax.batching import bucket, pad_rows
+from metajax.batching import length_bucket, pad_rows
 from metajax.data.formats import ANSWER_MARKER
 from metajax.host import to_host
 from metajax.models.sharding import batch_sharding
@@ -111,7 +111,7 @@ def rollout(policy: Policy, prompts: Sequence[Sequence[int]], *, max_new_tokens:
                        forced_ending=forced_ending, answer_allowance=answer_allowance, cache_dtype=cache_dtype,
                        compute_dtype=policy.compute_dtype,
                        stop_text=policy.stop_text(opening, answer_line=answer_line_stop, stop_strings=stop_strings))
-    prompt_tokens, prompt_mask = pad_rows(rows, length=bucket(max(map(len, rows))), pad_id=policy.pad_id, left=True)
+    prompt_tokens, prompt_mask = pad_rows(rows, length=length_bucket(max(map(len, rows))), pad_id=policy.pad_id, left=True)
     prompt_tokens, prompt_mask = (np.repeat(x, n_samples, axis=0) for x in (prompt_tokens, prompt_mask))
     if mesh is not None:
         prompt_tokens, prompt_mask = (jax.device_put(x, batch_sharding(mesh, x.shape))
