@@ -12,12 +12,20 @@ context `c` of `--contexts`: (time(generate n) - time(generate 1)) / (n - 1) wit
 so the prompt's prefill cancels out. A step attends to the prompt's `c` keys and the generated
 cache, so a KV cache should make the step cost grow at most linearly in `c`.
 
+Few-shot prompts (`--few-shot`): the shape of RaM's few-shot rollouts and baselines, a SmolLM2-shaped
+Llama (163M untied) continuing 8 prompts of 896 tokens by 64 greedy tokens in both systems. Prefill
+(time(generate 1)) and decode (per step, as above) are reported apart, prefill also as a fraction of
+this machine's measured matmul rate (`benchmarks.common.matmul_flops_per_second`), counting the useful
+work: the layers over every prompt token with causal attention, and the vocabulary projection once
+per row.
+
 GPU report (`--gpu-report`): decode tokens per second of a ~1B Llama (Llama-3.2-1B shapes, random
 weights, bf16) at batch 1 and 64, and the fraction of the HBM-bandwidth roofline reached: a decode
 step must read every matmul weight once plus each row's keys and values so far, at `--hbm-gbps`.
 
     python benchmarks/sample.py                     # ~100M Llama, fp32, batches 1, 16, 64 (~8 min on 2 cores)
     python benchmarks/sample.py --small             # smoke run in seconds
+    python benchmarks/sample.py --few-shot          # SmolLM2 shape, 8 x 896-token prompts (~6 min on 2 cores)
     python benchmarks/sample.py --gpu-report        # on a GPU: ~1B Llama bf16 against the roofline
     python benchmarks/sample.py --gpu-report --small  # the same path, tiny, on CPU
 """
@@ -34,13 +42,17 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks.common` impor
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import (DTYPES, SMALL_LLAMA, benchmark_parser, build_twin_models, check_args, format_table,
-                               machine_summary, reference_config, time_calls, torch_device, use_all_cores)
+                               machine_summary, matmul_flops_per_second, reference_config, time_calls, torch_device,
+                               use_all_cores)
 from metajax.models import ModelConfig, init_params
 from metajax.sampling import generate
 
 # Llama-3.2-1B's shapes (1.24B parameters, tied embeddings): the GPU report's model.
 GPU_LLAMA = dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_layers=16, num_heads=32,
                  num_kv_heads=8, tie_word_embeddings=True)
+# SmolLM2-135M's shapes, untied (as a fine-tuned copy is): the few-shot comparison's model.
+SMOLLM2_LLAMA = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_layers=30, num_heads=9,
+                     num_kv_heads=3, tie_word_embeddings=False)
 # Greedy tokens compared over this many leading tokens of each row. Random weights give flat
 # distributions, so float32 rounding differences may flip a late argmax; bfloat16 flips early.
 AGREEMENT_PREFIX = {"float32": 16, "bfloat16": 1}
@@ -64,6 +76,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--torch-threads", type=int, default=None,
                         help="torch intra-op threads (default: one per core, as XLA uses); on a loaded "
                              "machine 1 can be far faster, as torch's threads wait on each other")
+    parser.add_argument("--few-shot", action="store_true",
+                        help="SmolLM2-shaped Llama, 8 prompts of 896 tokens, 64 new tokens: prefill and decode apart")
     parser.add_argument("--gpu-report", action="store_true",
                         help="metajax alone: ~1B Llama decode tokens/s and fraction of the HBM roofline")
     parser.add_argument("--hbm-gbps", type=float, default=3350.0,
@@ -92,11 +106,18 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.torch_threads)
         threads = torch.get_num_threads()
     max_context = max(max(args.contexts), args.seq) + args.new_tokens
-    cfg = reference_config(small=args.small, max_position_embeddings=max(2048, max_context))
+    if args.few_shot:
+        cfg = ModelConfig.of("llama", **(dict(SMALL_LLAMA) if args.small else SMOLLM2_LLAMA),
+                             max_position_embeddings=2048)
+    else:
+        cfg = reference_config(small=args.small, max_position_embeddings=max(2048, max_context))
     hf_model, params, cfg = build_twin_models(cfg, args.dtype, seed=args.seed)
     print(f"torch {torch.__version__} on {torch_device()}, torch.get_num_threads() = {threads}; "
           f"XLA_FLAGS = {os.environ.get('XLA_FLAGS', '(unset)')!r}")
     print(_describe(cfg, args.dtype))
+    if args.few_shot:
+        few_shot(hf_model, params, cfg, args)
+        return
     throughput(hf_model, params, cfg, args)
     cost_growth(params, cfg, args)
 
@@ -114,7 +135,7 @@ def throughput(hf_model, params, cfg: ModelConfig, args) -> None:
                                                                       dtype=np.int32)
 
         def run_metajax():
-            return generate(params, cfg, prompts, max_new_tokens=n, temperature=0.0).tokens
+            return metajax_generate(params, cfg, prompts, n)
 
         def run_transformers():
             return transformers_generate(hf_model, prompts, n)
@@ -140,6 +161,43 @@ def throughput(hf_model, params, cfg: ModelConfig, args) -> None:
     print("ratio (metajax / transformers tokens/s): "
           + ", ".join(f"batch {b}: {r:.3g}x" for b, r in ratios.items())
           + "; target >= 3x at batch 16 (Tunix's sampler: ~1.7x)")
+
+
+def few_shot(hf_model, params, cfg: ModelConfig, args) -> None:
+    """Prints both systems' prefill and decode-step times on few-shot-length prompts, and the ratios."""
+    batch, prompt_len, n = (4, 96, 16) if args.small else (8, 896, 64)
+    prompts = np.random.default_rng(args.seed).integers(0, cfg.vocab_size, (batch, prompt_len), dtype=np.int32)
+    systems = {
+        "metajax": lambda tokens: lambda: metajax_generate(params, cfg, prompts, tokens),
+        "transformers": lambda tokens: lambda: transformers_generate(hf_model, prompts, tokens),
+    }
+    ours, theirs = systems["metajax"](n)(), systems["transformers"](n)()  # metajax compiles here
+    systems["metajax"](1)()
+    prefix = min(AGREEMENT_PREFIX[args.dtype], n)
+    agree = float(np.mean(np.all(ours[:, :prefix] == theirs[:, :prefix], axis=1)))
+    if agree < MIN_AGREEING_ROWS:
+        raise SystemExit(f"only {agree:.0%} of rows generate the same first {prefix} greedy tokens; not timing")
+    calls = {f"{name} {tokens}": make(tokens) for name, make in systems.items() for tokens in (n, 1)}
+    timings = time_calls(calls, warmup=args.warmup, repeats=args.repeats)
+    peak = matmul_flops_per_second(args.dtype, size=256 if args.small else 2048)
+    projection = 2.0 * cfg.hidden_size * cfg.vocab_size
+    prefill_flops = (cfg.flops_per_token((prompt_len + 1) / 2) - projection) * batch * prompt_len + projection * batch
+    print(f"\nfew-shot: {batch} prompts of {prompt_len} random tokens, {n} greedy new tokens; prefill = "
+          f"time(generate 1), decode step = (time(generate {n}) - time(generate 1)) / {n - 1}; median of "
+          f"{args.repeats} interleaved calls; same first {prefix} tokens in {agree:.0%} of rows; matmul probe "
+          f"{peak / 1e9:.4g} GFLOP/s, prefill work {prefill_flops / 1e9:.4g} GFLOP")
+    rows, figures = [], {}
+    for name in systems:
+        total, prefill_s = timings[f"{name} {n}"].median, timings[f"{name} 1"].median
+        figures[name] = (total, prefill_s, (total - prefill_s) / (n - 1))
+        rows.append((name, total, batch * n / total, prefill_s, f"{prefill_flops / prefill_s / peak:.1%}",
+                     figures[name][2] * 1e3, f"{max(timings[f'{name} {t}'].spread for t in (n, 1)):.0%}"))
+    print(format_table(("system", "total s", "tok/s", "prefill s", "prefill of matmul peak", "decode ms / step",
+                        "spread"), rows))
+    ratios = [figures["transformers"][i] / figures["metajax"][i] for i in range(3)]
+    print(f"ratio (transformers time / metajax time): total {ratios[0]:.3g}x, prefill {ratios[1]:.3g}x, "
+          f"decode step {ratios[2]:.3g}x; target total >= 1.3x, prefill >= 60% of the matmul peak; "
+          f"load {os.getloadavg()[0]:.1f}")
 
 
 def cost_growth(params, cfg: ModelConfig, args) -> None:
@@ -201,10 +259,16 @@ def decode_step_seconds(params, cfg: ModelConfig, prompts: np.ndarray, n: int, *
     (time(n new tokens) - time(1 new token)) / (n - 1), each the median of `repeats` interleaved calls
     after one compiling call per shape (plus `warmup`)."""
     def run(tokens):
-        return lambda: generate(params, cfg, prompts, max_new_tokens=tokens, temperature=0.0)
+        return lambda: metajax_generate(params, cfg, prompts, tokens)
 
     timings = time_calls({"n": run(n), "1": run(1)}, warmup=1 + warmup, repeats=repeats)
     return (timings["n"].median - timings["1"].median) / (n - 1)
+
+
+def metajax_generate(params, cfg: ModelConfig, prompts: np.ndarray, new_tokens: int) -> np.ndarray:
+    """int32[batch, new_tokens]: metajax's greedy continuation, copied to the host. `generate` returns
+    device arrays as soon as the program is dispatched; a timing must wait for the tokens."""
+    return np.asarray(generate(params, cfg, prompts, max_new_tokens=new_tokens, temperature=0.0).tokens)
 
 
 def transformers_generate(model, prompts: np.ndarray, new_tokens: int) -> np.ndarray:
