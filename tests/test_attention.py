@@ -11,7 +11,7 @@ import pytest
 from metajax.models import ModelConfig, forward, init_params
 from metajax.models.attention import (ATTENTION_IMPLEMENTATIONS, attention, blockwise_attention, decode_attention,
                                       reference_attention)
-from metajax.models.transformer import decode_step, prefill, unstack_layers
+from metajax.models.transformer import decode_step, prefill, cpu_decode_layout
 
 B, T, HQ, HKV, HD = 2, 37, 4, 2, 8  # 37 tokens: blocks of 8 leave a partial last block
 
@@ -89,7 +89,7 @@ def test_forward_logits_agree_across_implementations_over_several_blocks():
 @pytest.mark.parametrize("unstacked", [False, True])
 def test_decode_attention_equals_full_attention_over_the_same_keys(unstacked):
     """A prefill plus two decode steps gives the logits a full forward gives at those positions,
-    over stacked layers and over per-layer buffers (`unstack_layers`, the XLA:CPU decode loop's)."""
+    over stacked layers and over per-layer buffers (`cpu_decode_layout`, the XLA:CPU decode loop's)."""
     cfg = ModelConfig.of("llama", vocab_size=64, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
                          num_kv_heads=2, max_position_embeddings=128)
     params = init_params(cfg, jax.random.key(0))
@@ -97,7 +97,7 @@ def test_decode_attention_equals_full_attention_over_the_same_keys(unstacked):
     mask = jnp.ones((2, 12), bool).at[0, :3].set(False)  # left padding
     extra = jnp.array([[5, 9], [7, 1]], jnp.int32)
     _, cache = prefill(params, cfg, prompt, mask, num_samples=1, max_new_tokens=4)
-    step_params, cache = unstack_layers(params, cache) if unstacked else (params, cache)
+    step_params, cache = cpu_decode_layout(params, cache) if unstacked else (params, cache)
     positions = jnp.sum(mask, axis=1, dtype=jnp.int32)[:, None]
     step_logits = []
     for i in range(2):

@@ -31,7 +31,7 @@ from metajax.batching import bucket, length_bucket, pad_rows
 from metajax.host import to_host
 from metajax.models.config import ModelConfig
 from metajax.models.sharding import batch_sharding
-from metajax.models.transformer import Params, cast_params, decode_step, prefill, unstack_layers
+from metajax.models.transformer import Params, cast_params, decode_step, prefill, cpu_decode_layout
 from metajax.sampling.stop_text import StopText, advance, initial_state
 
 _FREE, _FORCING, _ANSWER, _DONE = 0, 1, 2, 3
@@ -243,7 +243,7 @@ def _generate_core(params, *, cfg: ModelConfig, n_samples: int, cache_len: int, 
     logits, cache = prefill(params, cfg, prompts, prompt_mask, num_samples=n_samples,
                             max_new_tokens=cache_len, cache_dtype=cache_dtype)
     if unstack:
-        params, cache = unstack_layers(params, cache)
+        params, cache = cpu_decode_layout(params, cache)
     logits = jnp.broadcast_to(logits[:, None], (num_prompts, n_samples, logits.shape[-1]))
     prompt_len = jnp.sum(prompt_mask, axis=1, dtype=jnp.int32)[:, None]
     free_limit = jnp.minimum(budgets, max_new)
