@@ -25,6 +25,7 @@ from metajax.batching import bucket
 from metajax.models import ModelConfig, init_params, load_hf, make_mesh
 from metajax.host import to_host
 from metajax.sampling import StopReason, compile_counts, filter_logits
+from metajax.sampling.sampler import FILTER_CANDIDATES
 from metajax.sampling import generate as generate_on_device
 
 
@@ -432,6 +433,29 @@ def test_filter_logits_matches_a_reference_on_random_rows():
             assert np.isfinite(got[row.argmax()])
             checked += 1
         assert checked >= 60
+
+
+@pytest.mark.parametrize("scales,top_k,top_p", [
+    ((8.0,), 0, 0.9),  # peaked rows: every nucleus inside the candidates
+    ((0.5,), 0, 0.9),  # flat rows: nuclei of hundreds of tokens, the full sort
+    ((8.0, 0.5), 0, 0.9),  # one flat row sends the whole batch to the sort
+    ((0.5,), 100, 0.95),  # a top-k within the candidates decides without a sort
+    ((0.5, 8.0), FILTER_CANDIDATES + 44, 0.8),  # a top-k beyond them does not
+])
+def test_filter_logits_beyond_the_candidates_matches_the_reference(scales, top_k, top_p):
+    """A vocabulary larger than FILTER_CANDIDATES: the top-k shortcut and the full sort agree with the
+    float64 reference, whichever decides."""
+    rng = np.random.default_rng(1)
+    vocab = 8 * FILTER_CANDIDATES
+    logits = np.concatenate([rng.normal(scale=scale, size=(8, vocab)) for scale in scales])
+    sizes = [(reference > 0).sum() for reference, _ in (_filtered_probs(row, 1.0, top_k, top_p) for row in logits)]
+    if 0.5 in scales and top_k == 0:
+        assert max(sizes) > FILTER_CANDIDATES  # the case reaches the fallback
+    out = np.asarray(_filter_logits(jnp.asarray(logits, jnp.float32), top_p, top_k))
+    for row, got in zip(logits, out):
+        reference, gap = _filtered_probs(row, 1.0, top_k, top_p)
+        assert gap > 1e-6
+        np.testing.assert_array_equal(np.isfinite(got), reference > 0)
 
 
 # ----------------------------------------------------------------------------------------------

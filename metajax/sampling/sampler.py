@@ -314,6 +314,10 @@ def _generate_core(params, *, cfg: ModelConfig, n_samples: int, cache_len: int, 
     return {k: final[k] for k in ("tokens", "lengths", "budget_tokens", "logprobs", "forced", "stop_reason")}
 
 
+# Logits `filter_logits` takes by `lax.top_k` before falling back to a full sort.
+FILTER_CANDIDATES = 256
+
+
 def _sample(logits, temperatures, top_p, top_k, key):
     """One token per row: argmax where temperature is 0, else a draw from the tempered, top-k and
     top-p filtered distribution. logits: float32[..., vocab]; temperatures: float32[...]."""
@@ -332,23 +336,44 @@ def _sample(logits, temperatures, top_p, top_k, key):
 def filter_logits(logits: jax.Array, top_p, top_k) -> jax.Array:
     """Masks (to -inf) tokens outside the top-k and outside the top-p nucleus.
 
-    The nucleus is the smallest set of most likely tokens whose probability reaches `top_p`; the
-    most likely token is always kept. Ties at the cut-off value are kept together.
+    The nucleus is the smallest set of most likely tokens whose probability (under the top-k
+    renormalised distribution) reaches `top_p`; the most likely token is always kept. Ties at the
+    cut-off value are kept together.
+
+    The cut-off is found among the `FILTER_CANDIDATES` largest logits (`lax.top_k`) whenever it lies
+    there: top_k <= FILTER_CANDIDATES, or no top-k and a nucleus inside the candidates. Otherwise the
+    batch falls back to sorting the whole vocabulary. The answer is the same either way; the sort of a
+    49152-token vocabulary for 24 rows took 200 ms on a 2-core CPU, top_k of 256 took 4 ms.
     logits: float32[..., vocab]; top_p: float scalar in (0, 1]; top_k: int scalar, 0 for no limit.
     """
     vocab = logits.shape[-1]
-    ordered = jnp.sort(logits, axis=-1)[..., ::-1]
     k = jnp.where(top_k > 0, jnp.minimum(top_k, vocab), vocab)
-    kth_value = jnp.take_along_axis(ordered, jnp.broadcast_to(k - 1, ordered.shape[:-1])[..., None], axis=-1)
-    ranks = jnp.arange(vocab)
-    ordered = jnp.where(ranks < k, ordered, -jnp.inf)
-    probs = jax.nn.softmax(ordered, axis=-1)
-    mass_before = jnp.cumsum(probs, axis=-1) - probs  # probability of strictly more likely tokens
-    # top_p = 1 keeps everything: float32 cumulative mass can reach 1 before the smallest tokens.
-    in_nucleus = ((mass_before < top_p) | (top_p >= 1.0)) & (ranks < k)
-    cutoff = jnp.min(jnp.where(in_nucleus, ordered, jnp.inf), axis=-1, keepdims=True)
-    cutoff = jnp.maximum(cutoff, kth_value)
-    return jnp.where(logits >= cutoff, logits, -jnp.inf)
+
+    def cutoff(ordered, total):  # ordered: the largest logits, descending; total: softmax's denominator
+        ranks = jnp.arange(ordered.shape[-1])
+        probs = jnp.where(ranks < k, jnp.exp(ordered - ordered[..., :1]), 0.0) / total
+        mass_before = jnp.cumsum(probs, axis=-1) - probs  # probability of strictly more likely tokens
+        # top_p = 1 keeps everything: float32 cumulative mass can reach 1 before the smallest tokens.
+        in_nucleus = ((mass_before < top_p) | (top_p >= 1.0)) & (ranks < k)
+        return jnp.min(jnp.where(in_nucleus, ordered, jnp.inf), axis=-1, keepdims=True), jnp.sum(probs, axis=-1)
+
+    def denominator(ordered):  # over the top k of `ordered`
+        kept = jnp.arange(ordered.shape[-1]) < k
+        return jnp.sum(jnp.where(kept, jnp.exp(ordered - ordered[..., :1]), 0.0), axis=-1, keepdims=True)
+
+    def exact():
+        ordered = jnp.sort(logits, axis=-1)[..., ::-1]
+        return cutoff(ordered, denominator(ordered))[0]
+
+    # The barrier keeps XLA:CPU's TopK a TopK: fused with its consumers it was rewritten into a full
+    # sort (174 ms instead of 4).
+    candidates = jax.lax.optimization_barrier(jax.lax.top_k(logits, min(FILTER_CANDIDATES, vocab))[0])
+    width = candidates.shape[-1]
+    everything = jnp.sum(jnp.exp(logits - candidates[..., :1]), axis=-1, keepdims=True)
+    fast, mass = cutoff(candidates, jnp.where(k <= width, denominator(candidates), everything))
+    # Without a top-k limit, the nucleus closed inside the candidates when their mass reached top_p.
+    decided = (k <= width) | ((k == vocab) & (top_p < 1.0) & (mass >= top_p))
+    return jnp.where(logits >= jax.lax.cond(jnp.all(decided), lambda: fast, exact), logits, -jnp.inf)
 
 
 # ----------------------------------------------------------------------------------------------
