@@ -28,6 +28,13 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # enough that a forward over 8 x 512 tokens takes seconds on two CPU cores.
 REFERENCE_LLAMA = dict(vocab_size=32000, hidden_size=768, intermediate_size=2048, num_layers=12,
                        num_heads=12, num_kv_heads=4)
+# The speed issue's small model (15.5M parameters): at this width attention and dispatch weigh more.
+LLAMA_15M = dict(vocab_size=8000, hidden_size=384, intermediate_size=1024, num_layers=6, num_heads=6,
+                 num_kv_heads=2)
+SIZES = {"125m": REFERENCE_LLAMA, "15m": LLAMA_15M}
+# Llama-3.2-1B's shapes (1.24B parameters, tied embeddings): the GPU reports' model.
+GPU_LLAMA = dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_layers=16, num_heads=32,
+                 num_kv_heads=8, tie_word_embeddings=True)
 # A few hundred thousand parameters: every code path runs, in seconds.
 SMALL_LLAMA = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
                    num_kv_heads=2)
@@ -43,6 +50,8 @@ def benchmark_parser(description: str, *, batch: int, seq: int, repeats: int = 3
     parser.add_argument("--repeats", type=int, default=repeats, help="timed calls per system (median reported)")
     parser.add_argument("--warmup", type=int, default=0,
                         help="untimed calls per system before timing, beyond the first (compiling) call")
+    parser.add_argument("--size", choices=sorted(SIZES), default="125m",
+                        help="the benchmark Llama: REFERENCE_LLAMA (124.7M) or LLAMA_15M")
     parser.add_argument("--small", action="store_true", help="a tiny model: a smoke run in seconds")
     parser.add_argument("--seed", type=int, default=0)
     return parser
@@ -57,9 +66,9 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--warmup must be non-negative, got {args.warmup}")
 
 
-def reference_config(*, small: bool = False, max_position_embeddings: int = 2048) -> ModelConfig:
-    """The benchmark Llama: `REFERENCE_LLAMA`, or `SMALL_LLAMA` for smoke runs."""
-    sizes = SMALL_LLAMA if small else REFERENCE_LLAMA
+def reference_config(*, small: bool = False, size: str = "125m", max_position_embeddings: int = 2048) -> ModelConfig:
+    """The benchmark Llama: `SIZES[size]`, or `SMALL_LLAMA` for smoke runs."""
+    sizes = SMALL_LLAMA if small else SIZES[size]
     return ModelConfig.of("llama", **sizes, max_position_embeddings=max_position_embeddings)
 
 

@@ -41,15 +41,12 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make `benchmarks.common` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import (DTYPES, SMALL_LLAMA, benchmark_parser, build_twin_models, check_args, format_table,
+from benchmarks.common import (DTYPES, GPU_LLAMA, SMALL_LLAMA, benchmark_parser, build_twin_models, check_args, format_table,
                                machine_summary, matmul_flops_per_second, reference_config, time_calls, torch_device,
                                use_all_cores)
 from metajax.models import ModelConfig, init_params
 from metajax.sampling import generate
 
-# Llama-3.2-1B's shapes (1.24B parameters, tied embeddings): the GPU report's model.
-GPU_LLAMA = dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_layers=16, num_heads=32,
-                 num_kv_heads=8, tie_word_embeddings=True)
 # SmolLM2-135M's shapes, untied (as a fine-tuned copy is): the few-shot comparison's model.
 SMOLLM2_LLAMA = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_layers=30, num_heads=9,
                      num_kv_heads=3, tie_word_embeddings=False)
@@ -110,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
         cfg = ModelConfig.of("llama", **(dict(SMALL_LLAMA) if args.small else SMOLLM2_LLAMA),
                              max_position_embeddings=2048)
     else:
-        cfg = reference_config(small=args.small, max_position_embeddings=max(2048, max_context))
+        cfg = reference_config(small=args.small, size=args.size, max_position_embeddings=max(2048, max_context))
     hf_model, params, cfg = build_twin_models(cfg, args.dtype, seed=args.seed)
     print(f"torch {torch.__version__} on {torch_device()}, torch.get_num_threads() = {threads}; "
           f"XLA_FLAGS = {os.environ.get('XLA_FLAGS', '(unset)')!r}")

@@ -14,6 +14,11 @@ discounting the causal half (dense masked attention computes it anyway).
     python benchmarks/score.py                  # ~100M Llama, fp32, 8 x 512, on this machine
     python benchmarks/score.py --small          # smoke run in seconds
     python benchmarks/score.py --dtype bfloat16 # on a GPU: bf16 against a bf16 matmul probe
+    python benchmarks/score.py --gpu-report --batch 16 --seq 1024  # on a GPU: ~1B Llama, bf16 MFU
+
+GPU report (`--gpu-report`): metajax alone scores chains with a ~1B Llama (Llama-3.2-1B shapes,
+random weights, bf16) and prints its model FLOP utilisation against the measured matmul probe and,
+with `--peak-tflops`, against the chip's datasheet peak.
 """
 
 from __future__ import annotations
@@ -27,9 +32,10 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make `benchmarks.common` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import (benchmark_parser, build_twin_models, check_args, format_table,
-                               machine_summary, matmul_flops_per_second, reference_config, time_calls,
+from benchmarks.common import (DTYPES, GPU_LLAMA, SMALL_LLAMA, benchmark_parser, build_twin_models, check_args,
+                               format_table, machine_summary, matmul_flops_per_second, reference_config, time_calls,
                                torch_device, use_all_cores)
+from metajax.models import ModelConfig, init_params
 from metajax.models.logprobs import sequence_logprobs
 
 # Largest |metajax - transformers| tolerated, relative to the largest |score|: float32 sums of a
@@ -41,15 +47,27 @@ def main(argv: list[str] | None = None) -> None:
     parser = benchmark_parser(__doc__.splitlines()[0], batch=8, seq=512)
     parser.add_argument("--matmul-size", type=int, default=None,
                         help="side of the square matmul probe (default 2048 on CPU, 8192 elsewhere)")
+    parser.add_argument("--gpu-report", action="store_true",
+                        help="metajax alone: ~1B Llama bf16 chain scoring and its model FLOP utilisation")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="the chip's peak in the benchmark dtype, for --gpu-report (H100 SXM bf16 dense: 989)")
     args = parser.parse_args(argv)
+    if args.gpu_report and "--dtype" not in (argv if argv is not None else sys.argv[1:]):
+        args.dtype = "bfloat16"
     check_args(args)
     if args.seq < 2:
         raise ValueError(f"--seq must be at least 2 (position 0 cannot be a target), got {args.seq}")
+    if args.peak_tflops is not None and args.peak_tflops <= 0:
+        raise ValueError(f"--peak-tflops must be positive, got {args.peak_tflops}")
+    if args.gpu_report:
+        print(machine_summary())
+        gpu_report(args)
+        return
 
     import torch
 
     threads = use_all_cores()
-    cfg = reference_config(small=args.small, max_position_embeddings=max(2048, args.seq))
+    cfg = reference_config(small=args.small, size=args.size, max_position_embeddings=max(2048, args.seq))
     hf_model, params, cfg = build_twin_models(cfg, args.dtype, seed=args.seed)
     tokens, target_mask = scoring_batch(cfg.vocab_size, args.batch, args.seq, seed=args.seed)
     attention_mask = np.ones_like(target_mask)
@@ -92,8 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     targets = int(target_mask.sum())
     # Useful work: the whole stack over every position, the vocabulary projection only where a
     # target is scored (transformers computes it everywhere; that surplus is not counted for it).
-    projection = 2.0 * cfg.hidden_size * cfg.vocab_size
-    flops = (cfg.flops_per_token(args.seq) - projection) * args.batch * args.seq + projection * targets
+    flops = useful_flops(cfg, args.batch, args.seq, targets)
 
     rows = []
     for name, timing in timings.items():
@@ -107,6 +124,41 @@ def main(argv: list[str] | None = None) -> None:
     ratio = timings["transformers"].median / timings["metajax"].median
     print(f"\nmetajax / transformers throughput: {ratio:.3g}x "
           f"(median of {args.repeats} interleaved calls each)")
+
+
+def useful_flops(cfg: ModelConfig, batch: int, seq: int, targets: int) -> float:
+    """The whole stack over every position, the vocabulary projection only where a target is scored
+    (transformers computes it everywhere; that surplus is not counted for it)."""
+    projection = 2.0 * cfg.hidden_size * cfg.vocab_size
+    return (cfg.flops_per_token(seq) - projection) * batch * seq + projection * targets
+
+
+def gpu_report(args) -> None:
+    """Prints metajax's chain-scoring time and model FLOP utilisation for a ~1B Llama."""
+    sizes = dict(SMALL_LLAMA, tie_word_embeddings=True) if args.small else GPU_LLAMA
+    cfg = ModelConfig.of("llama", **sizes, max_position_embeddings=max(2048, args.seq))
+    params = init_params(cfg, jax.random.key(args.seed), dtype=DTYPES[args.dtype])
+    tokens, target_mask = scoring_batch(cfg.vocab_size, args.batch, args.seq, seed=args.seed)
+    max_targets = int(target_mask.sum(axis=1).max())
+
+    def run():
+        return jax.block_until_ready(sequence_logprobs(params, cfg, tokens, target_mask, max_targets=max_targets))
+
+    run()  # compiles
+    timing = time_calls({"metajax": run}, warmup=args.warmup, repeats=args.repeats)["metajax"]
+    matmul_size = args.matmul_size or (256 if args.small else 8192)
+    probe = matmul_flops_per_second(args.dtype, size=matmul_size)
+    flops = useful_flops(cfg, args.batch, args.seq, int(target_mask.sum()))
+    achieved = flops / timing.median
+    print(f"model: Llama, {cfg.num_params:,} parameters (hidden {cfg.hidden_size}, {cfg.num_layers} layers, "
+          f"vocab {cfg.vocab_size}), {args.dtype}; {args.batch} x {args.seq} tokens, {int(target_mask.sum())} "
+          f"scored; {flops / 1e12:.4g} TFLOP of useful work per call")
+    peak = "" if args.peak_tflops is None else f"{achieved / (args.peak_tflops * 1e12):.1%}"
+    print(format_table(("median s", "spread", "target tok/s", "TFLOP/s", f"MFU vs {matmul_size}^3 probe "
+                        f"({probe / 1e12:.4g} TFLOP/s)", "MFU vs --peak-tflops"),
+                       [(timing.median, f"{timing.spread:.1%}", target_mask.sum() / timing.median, achieved / 1e12,
+                         f"{achieved / probe:.1%}", peak or "-")]))
+    print("target: >= 50% MFU (bf16, ~1B Llama)")
 
 
 def scoring_batch(vocab_size: int, batch: int, seq: int, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
