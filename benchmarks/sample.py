@@ -19,6 +19,11 @@ this machine's measured matmul rate (`benchmarks.common.matmul_flops_per_second`
 work: the layers over every prompt token with causal attention, and the vocabulary projection once
 per row.
 
+RaM rollouts (`--rollouts`): 64 prompts of 128 random tokens, K = 3 continuations of 128 tokens each
+(one greedy, two at temperature 0.5 with top-p 0.9, as RaM samples), as one metajax `generate` call
+(`n_samples=3`, the prompt's keys and values shared by its three samples) against transformers'
+greedy `generate` plus its sampled `generate(num_return_sequences=2)`. No row may stop early.
+
 GPU report (`--gpu-report`): decode tokens per second of a ~1B Llama (Llama-3.2-1B shapes, random
 weights, bf16) at batch 1 and 64, and the fraction of the HBM-bandwidth roofline reached: a decode
 step must read every matmul weight once plus each row's keys and values so far, at `--hbm-gbps`.
@@ -26,6 +31,7 @@ step must read every matmul weight once plus each row's keys and values so far, 
     python benchmarks/sample.py                     # ~100M Llama, fp32, batches 1, 16, 64 (~8 min on 2 cores)
     python benchmarks/sample.py --small             # smoke run in seconds
     python benchmarks/sample.py --few-shot          # SmolLM2 shape, 8 x 896-token prompts (~6 min on 2 cores)
+    python benchmarks/sample.py --rollouts          # 124.7M Llama, 64 prompts x K = 3 (~6 min on 2 cores)
     python benchmarks/sample.py --gpu-report        # on a GPU: ~1B Llama bf16 against the roofline
     python benchmarks/sample.py --gpu-report --small  # the same path, tiny, on CPU
 """
@@ -75,6 +81,8 @@ def main(argv: list[str] | None = None) -> None:
                              "machine 1 can be far faster, as torch's threads wait on each other")
     parser.add_argument("--few-shot", action="store_true",
                         help="SmolLM2-shaped Llama, 8 prompts of 896 tokens, 64 new tokens: prefill and decode apart")
+    parser.add_argument("--rollouts", action="store_true",
+                        help="RaM's rollouts: 64 prompts x K = 3 (one greedy, two at T 0.5 / top-p 0.9), 128 new tokens")
     parser.add_argument("--gpu-report", action="store_true",
                         help="metajax alone: ~1B Llama decode tokens/s and fraction of the HBM roofline")
     parser.add_argument("--hbm-gbps", type=float, default=3350.0,
@@ -114,6 +122,9 @@ def main(argv: list[str] | None = None) -> None:
     print(_describe(cfg, args.dtype))
     if args.few_shot:
         few_shot(hf_model, params, cfg, args)
+        return
+    if args.rollouts:
+        rollouts(hf_model, params, cfg, args)
         return
     throughput(hf_model, params, cfg, args)
     cost_growth(params, cfg, args)
@@ -194,6 +205,44 @@ def few_shot(hf_model, params, cfg: ModelConfig, args) -> None:
     ratios = [figures["transformers"][i] / figures["metajax"][i] for i in range(3)]
     print(f"ratio (transformers time / metajax time): total {ratios[0]:.3g}x, prefill {ratios[1]:.3g}x, "
           f"decode step {ratios[2]:.3g}x; target total >= 1.3x, prefill >= 60% of the matmul peak; "
+          f"load {os.getloadavg()[0]:.1f}")
+
+
+def rollouts(hf_model, params, cfg: ModelConfig, args) -> None:
+    """Prints both systems' time for RaM's K = 3 rollouts of the same prompts, and the ratio."""
+    import torch
+
+    num_prompts, prompt_len, n = (4, 16, 8) if args.small else (64, 128, 128)
+    prompts = np.random.default_rng(args.seed).integers(0, cfg.vocab_size, (num_prompts, prompt_len), dtype=np.int32)
+    calls = iter(range(1 << 30))  # a fresh key per call, as a run draws them
+
+    def run_metajax():
+        samples = generate(params, cfg, prompts, max_new_tokens=n, n_samples=3, temperature=[0.0, 0.5, 0.5],
+                           top_p=0.9, rng=jax.random.key(next(calls)))
+        return np.asarray(samples.lengths)
+
+    def run_transformers():
+        tokens = torch.from_numpy(prompts).long().to(hf_model.device)
+        common = dict(attention_mask=torch.ones_like(tokens), use_cache=True, max_new_tokens=n, min_new_tokens=n,
+                      pad_token_id=0)
+        with torch.inference_mode():
+            greedy = hf_model.generate(tokens, do_sample=False, **common)
+            sampled = hf_model.generate(tokens, do_sample=True, temperature=0.5, top_p=0.9, top_k=0,
+                                        num_return_sequences=2, **common)
+        return greedy.shape[0] + sampled.shape[0]
+
+    lengths = run_metajax()  # compiles
+    if not (lengths == n).all():
+        raise SystemExit(f"some metajax rows stopped before {n} tokens; not timing")
+    run_transformers()
+    timings = time_calls({"metajax": run_metajax, "transformers": run_transformers}, warmup=args.warmup,
+                         repeats=args.repeats)
+    rows = [(name, t.median, 3 * num_prompts * n / t.median, f"{t.spread:.0%}") for name, t in timings.items()]
+    print(f"\nrollouts: {num_prompts} prompts of {prompt_len} random tokens, K = 3 x {n} new tokens (one greedy, two "
+          f"at T 0.5 / top-p 0.9); median of {args.repeats} interleaved calls")
+    print(format_table(("system", "median s", "tok/s", "spread"), rows))
+    ratio = timings["transformers"].median / timings["metajax"].median
+    print(f"ratio (transformers time / metajax time): {ratio:.3g}x; target >= 2x (and >= 1.5x Tunix); "
           f"load {os.getloadavg()[0]:.1f}")
 
 

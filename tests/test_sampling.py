@@ -437,14 +437,15 @@ def test_filter_logits_matches_a_reference_on_random_rows():
 
 @pytest.mark.parametrize("scales,top_k,top_p", [
     ((8.0,), 0, 0.9),  # peaked rows: every nucleus inside the candidates
-    ((0.5,), 0, 0.9),  # flat rows: nuclei of hundreds of tokens, the full sort
-    ((8.0, 0.5), 0, 0.9),  # one flat row sends the whole batch to the sort
+    ((0.5,), 0, 0.9),  # flat rows: nuclei of hundreds of tokens, found by bisection
+    ((8.0, 0.5), 0, 0.9),  # one flat row sends the whole batch to the bisection
+    ((0.5, 8.0), 0, 0.3),
     ((0.5,), 100, 0.95),  # a top-k within the candidates decides without a sort
-    ((0.5, 8.0), FILTER_CANDIDATES + 44, 0.8),  # a top-k beyond them does not
+    ((0.5, 8.0), FILTER_CANDIDATES + 44, 0.8),  # a top-k beyond them sorts
 ])
 def test_filter_logits_beyond_the_candidates_matches_the_reference(scales, top_k, top_p):
-    """A vocabulary larger than FILTER_CANDIDATES: the top-k shortcut and the full sort agree with the
-    float64 reference, whichever decides."""
+    """A vocabulary larger than FILTER_CANDIDATES: the top-k shortcut, the bisection and the full sort
+    agree with the float64 reference, whichever decides."""
     rng = np.random.default_rng(1)
     vocab = 8 * FILTER_CANDIDATES
     logits = np.concatenate([rng.normal(scale=scale, size=(8, vocab)) for scale in scales])
@@ -456,6 +457,22 @@ def test_filter_logits_beyond_the_candidates_matches_the_reference(scales, top_k
         reference, gap = _filtered_probs(row, 1.0, top_k, top_p)
         assert gap > 1e-6
         np.testing.assert_array_equal(np.isfinite(got), reference > 0)
+
+
+def test_filter_logits_bisection_handles_ties_negative_and_masked_logits():
+    """Flat rows (the bisection decides) of logits on a 0.25 grid, so values tie, mostly negative, with
+    masked (-inf) tokens: the kept set is the float64 reference's, ties at the cut-off kept together."""
+    rng = np.random.default_rng(2)
+    vocab = 8 * FILTER_CANDIDATES
+    logits = np.round(rng.normal(scale=0.6, size=(16, vocab)) * 4) / 4 - 3.0
+    logits[:, ::7] = -np.inf
+    for top_p in (0.5, 0.9):
+        out = np.asarray(_filter_logits(jnp.asarray(logits, jnp.float32), top_p, 0))
+        for row, got in zip(logits, out):
+            reference, gap = _filtered_probs(row, 1.0, 0, top_p)
+            assert gap > 1e-6 and (reference > 0).sum() > FILTER_CANDIDATES
+            # The reference breaks ties by sort order; filter_logits keeps every tie of the cut-off.
+            np.testing.assert_array_equal(np.isfinite(got), row >= row[reference > 0].min())
 
 
 # ----------------------------------------------------------------------------------------------
