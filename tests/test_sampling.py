@@ -25,7 +25,7 @@ from metajax.batching import bucket
 from metajax.models import ModelConfig, init_params, load_hf, make_mesh
 from metajax.host import to_host
 from metajax.sampling import StopReason, compile_counts, filter_logits
-from metajax.sampling.sampler import FILTER_CANDIDATES
+from metajax.sampling.draw import FILTER_CANDIDATES
 from metajax.sampling import generate as generate_on_device
 
 
