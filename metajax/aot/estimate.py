@@ -80,6 +80,8 @@ def flops(cfg: ModelConfig, dims: Dims) -> float:
     # results feed only the residual stream, so those two matmuls are not run again.
     recompute_full = 2 * L * (layer_params(cfg) - hq * D - F * D) * tokens + prompt_attention
     recompute = {"none": 0.0, "save_dots": prompt_attention, "full": recompute_full}[dims.remat]
+    if cfg.attention == "blockwise":  # each checkpointed block recomputes its score product backward
+        recompute += prompt_attention / 2
     # Forward and backward (twice the forward) of blocks and head, plus what remat recomputes.
     return float(3 * (forward_blocks + 2 * D * V * tokens) + recompute)
 
