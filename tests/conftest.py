@@ -62,6 +62,17 @@ class HFCheckpoint:
             return self.model(torch.as_tensor(np.asarray(tokens), dtype=torch.long)).logits.float().numpy()
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drops every compiled program after each test module. The suite compiles over a thousand
+    programs in one process; with all of them kept, XLA:CPU crashed (SIGSEGV while compiling) near
+    the end of the suite, where each module alone passed. The persistent compilation cache above
+    still shares programs between modules."""
+    yield
+    import jax
+    jax.clear_caches()
+
+
 @pytest.fixture(scope="session")
 def hf_checkpoint(tmp_path_factory):
     """`make(name, sharded=False) -> HFCheckpoint` for a name in `HF_CONFIGS`, built once per session.

@@ -138,7 +138,7 @@ def test_remat_policies_trade_memory_in_order():
              "attention_mask": jax.ShapeDtypeStruct((8, 256), bool)}
     temp = {remat: make_train_step(cfg, SGD, SFTLoss(), remat=remat).lower(state, batch).compile()
             .memory_analysis().temp_size_in_bytes for remat in ("none", "save_dots", "full")}
-    assert temp["none"] > 2 * temp["save_dots"] and temp["save_dots"] > temp["full"], temp
+    assert temp["none"] > 1.5 * temp["save_dots"] and temp["save_dots"] > temp["full"], temp
 
 
 def test_unknown_remat_policy_is_named():
