@@ -47,7 +47,7 @@ def total_params(cfg: ModelConfig) -> int:
     return cfg.num_layers * (layer_params(cfg) + 2 * cfg.hidden_size) + heads * cfg.vocab_size * cfg.hidden_size
 
 
-def causal_pairs(cfg: ModelConfig, seq: int) -> int:
+def attention_pairs(cfg: ModelConfig, seq: int) -> int:
     """(query, key) pairs full-sequence attention computes over `seq` tokens: every pair for
     "reference" and "dot_product"; for "blockwise", each query block times its key prefix."""
     if cfg.attention != "blockwise":
@@ -65,7 +65,7 @@ def flops(cfg: ModelConfig, dims: Dims) -> float:
     def attention(rows, pairs):  # q.k and p.v over each (query, key) pair
         return 4 * L * rows * pairs * hq
 
-    prompt_attention = attention(dims.batch, causal_pairs(cfg, dims.seq))
+    prompt_attention = attention(dims.batch, attention_pairs(cfg, dims.seq))
     if dims.kind == "generate":
         rows = dims.batch * dims.samples
         prefill = blocks * dims.batch * dims.seq + prompt_attention + 2 * D * V * dims.batch

@@ -98,7 +98,7 @@ def blockwise_attention(q, k, v, allowed, *, block: int = ATTENTION_BLOCK):
         end = min(start + block, t)
         outputs.append(one_block(queries[:, :, start:end], keys_t[..., :end], values[:, :, :end],
                                  allowed[:, start:end, :end]))
-    out = jnp.concatenate(outputs, axis=2) if len(outputs) > 1 else outputs[0]
+    out = jnp.concatenate(outputs, axis=2)
     return out.transpose(0, 2, 1, 3, 4).reshape(b, t, hq, hd)
 
 

@@ -302,7 +302,7 @@ def decode_step(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: 
       logits: float32[batch, n, vocab] for the next token, and the updated cache.
     """
     unstacked = isinstance(cache.v, tuple)
-    max_new = cache.v[0].shape[3] if unstacked else cache.v.shape[4]
+    max_new = cache.v[0].shape[-2]  # layer 0's [batch, n, kv_heads, max_new, head_dim], either layout
     earlier = jnp.arange(max_new) < step  # generated slots this token may attend to
 
     def attend(q, k, v, layer_cache):

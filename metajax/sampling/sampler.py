@@ -225,16 +225,16 @@ def _program(cfg, rows, *, n_samples, max_new_tokens, budgets, temps, top_p, top
                                                                          ("compute_dtype", compute_dtype))}
     # XLA:CPU decodes faster over per-layer buffers; other backends keep the layer scan.
     platform = jax.default_backend() if mesh is None else mesh.devices.flat[0].platform
-    return dict(cfg=cfg, n_samples=n_samples, cache_len=cache_len, unstack=platform == "cpu", **dtypes), inputs
+    return dict(cfg=cfg, n_samples=n_samples, cache_len=cache_len, cpu_layout=platform == "cpu", **dtypes), inputs
 
 
 _BATCHED = ("prompts", "prompt_mask", "budgets", "temperatures")
 
 
-@partial(jax.jit, static_argnames=("cfg", "n_samples", "cache_len", "unstack", "cache_dtype", "compute_dtype"))
-def _generate_core(params, *, cfg: ModelConfig, n_samples: int, cache_len: int, unstack: bool, cache_dtype,
-                   compute_dtype, prompts, prompt_mask, budgets, temperatures, limits, top_p, top_k, stop_tokens, forced_ending, rng,
-                   stop_text):
+@partial(jax.jit, static_argnames=("cfg", "n_samples", "cache_len", "cpu_layout", "cache_dtype", "compute_dtype"))
+def _generate_core(params, *, cfg: ModelConfig, n_samples: int, cache_len: int, cpu_layout: bool, cache_dtype,
+                   compute_dtype, prompts, prompt_mask, budgets, temperatures, limits, top_p, top_k, stop_tokens,
+                   forced_ending, rng, stop_text):
     """The compiled generation program; arrays are [prompts, n_samples, ...] on the bucketed grid."""
     compile_counts[(prompts.shape, n_samples, cache_len)] += 1
     if compute_dtype is not None:
@@ -243,7 +243,7 @@ def _generate_core(params, *, cfg: ModelConfig, n_samples: int, cache_len: int, 
     num_prompts = prompts.shape[0]
     logits, cache = prefill(params, cfg, prompts, prompt_mask, num_samples=n_samples,
                             max_new_tokens=cache_len, cache_dtype=cache_dtype)
-    if unstack:
+    if cpu_layout:
         params, cache = cpu_decode_layout(params, cache)
     logits = jnp.broadcast_to(logits[:, None], (num_prompts, n_samples, logits.shape[-1]))
     prompt_len = jnp.sum(prompt_mask, axis=1, dtype=jnp.int32)[:, None]
