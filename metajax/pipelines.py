@@ -286,7 +286,7 @@ def run_roi_pipeline(config: Config, run_dir: Path) -> dict:
                     mft, ExamTask(mft, roi.rules, rarl), config.grpo, config.train, run_dir / "mft_rarl",
                     seed=config.seed, metrics=metrics, mesh=mesh, remat=config.model.remat,
                     compute_dtype=_dtype(config.model.compute_dtype), desc="rarl"), mesh)
-        results = evaluate_roi(roi, policies, train_tiers, sheets, mesh=mesh)
+        results = evaluate_roi(roi, policies, train_tiers, sheets, mesh=mesh, records_dir=run_dir / "exams")
     write_text_atomic(run_dir / "results.json", json.dumps(results, indent=2) + "\n")
     table = results_markdown(results)
     write_text_atomic(run_dir / "results.md", table + "\n")

@@ -9,6 +9,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from metajax.config import load_config
@@ -101,3 +102,18 @@ def test_real_exam_run_writes_every_figure(real_roi_run):
     assert results["hard/B=32"]["direct_all"]["level_confusion"][0] != [0, 0, 0, 0]
     assert (real_roi_run / "results.md").read_text().count("| direct_all |") == 1
     assert (real_roi_run / "score_by_budget.png").is_file()
+
+
+def test_real_exam_run_writes_every_sitting_for_people(real_roi_run):
+    results = json.loads((real_roi_run / "results.json").read_text())["hard/B=32"]
+    names = sorted(p.name for p in (real_roi_run / "exams").iterdir())
+    assert names == ["easy_first_B32_base.jsonl", "easy_first_B32_direct_all.jsonl", "hard_B32_base.jsonl",
+                     "hard_B32_direct_all.jsonl"]
+    for method in ("base", "direct_all"):
+        records = [json.loads(line) for line in (real_roi_run / "exams" / f"hard_B32_{method}.jsonl").open()]
+        assert len(records) == 2 and all(len(r["questions"]) == len(r["gold"]) == 3 for r in records)
+        assert np.mean([np.mean(r["score"]) for r in records]) == pytest.approx(results[method]["score"])
+        assert all(r["tokens"] <= 32 and r["completion"] for r in records)
+    # direct_all's forced tag opens its completion, as generated.
+    assert all("Level-0" in json.loads(line)["completion"]
+               for line in (real_roi_run / "exams" / "hard_B32_direct_all.jsonl").open())

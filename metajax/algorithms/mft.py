@@ -29,6 +29,7 @@ from metajax.envs.answers import ExamOutcome
 from metajax.envs.exam import Exam, oracle_value
 from metajax.envs.sitting import ExamRules, exam_prompts, sit
 from metajax.files import write_text_atomic
+from metajax.progress import phase
 from metajax.sampling.policy import Policy
 from metajax.train import OptimizerConfig, train_sft
 
@@ -181,11 +182,13 @@ def run_mft(base: Policy, rules: ExamRules, questions: Sequence[Example], stage2
     questions = list(questions)[:config.questions]
     budget = config.stage1_budget or max(budgets)
     singles = [Exam(f"mft-{i}", (q,), (0,)) for i, q in enumerate(questions)]
-    samples = sit(base, rules, singles, [budget] * len(singles), n_samples=config.samples_per_question,
-                  temperature=config.temperature, rng=jax.random.key(seed), batch_size=config.sample_batch_size,
-                  mesh=mesh)
     k = config.samples_per_question
+    with phase("mft", f"sampling {k} solutions for each of {len(questions)} questions"):
+        samples = sit(base, rules, singles, [budget] * len(singles), n_samples=k, temperature=config.temperature,
+                      rng=jax.random.key(seed), batch_size=config.sample_batch_size, mesh=mesh)
     labels = [label(samples[i * k:(i + 1) * k], rules, config.label_rule, base.stop_ids) for i in range(len(questions))]
+    levels = Counter(lab.level for lab in labels)
+    print("[mft] labels: " + ", ".join(f"Level-{level} {levels[level]}" for level in range(rules.num_levels)), flush=True)
     _write_labels(out_dir / "mft_labels.jsonl", base, questions, labels)
 
     optim = optim if config.learning_rate is None else dataclasses.replace(optim, learning_rate=config.learning_rate)
@@ -205,7 +208,6 @@ def run_mft(base: Policy, rules: ExamRules, questions: Sequence[Example], stage2
         stage2 = [_row(p, exam_target(base, rules, [label_of[q.id] for q in exam.questions], b, config.stage2_plan))
                   for p, (exam, b) in zip(prompts, exams)]
         params, _ = train_sft(params, base.cfg, stage2, seed=seed + 1, desc="mft/stage2", **sft)
-    levels = Counter(lab.level for lab in labels)
     summary = {"questions": len(questions), "samples_correct": float(np.mean([lab.correct / k for lab in labels])),
                "label_levels": {str(level): levels[level] for level in range(rules.num_levels)},
                "stage2_exams": len(exams)}

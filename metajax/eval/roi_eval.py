@@ -19,7 +19,9 @@ The methods:
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -32,6 +34,9 @@ from metajax.envs.exam import ORDERINGS, Exam, greedy_knapsack, make_exams, orac
 from metajax.envs.sitting import Action, ExamRules, predict_levels, sit, sit_planned
 from metajax.envs.toy_exam import TOY_LEVEL_BOUNDS
 from metajax.eval.exam_metrics import exam_summary
+from metajax.files import write_text_atomic
+from metajax.host import is_main_process
+from metajax.progress import phase
 from metajax.rewards.exam import level_of_tokens
 from metajax.sampling.policy import Policy
 
@@ -179,11 +184,13 @@ def test_sheets(tiers: Sequence[Sequence[Example]], config: ROIConfig, *, seed: 
 
 
 def evaluate_roi(config: ROIConfig, policies: dict[str, Policy], train_tiers: Sequence[Sequence[Example]],
-                 sheets: dict[str, list[Exam]], *, mesh=None, progress: Callable[[str], None] = print) -> dict:
+                 sheets: dict[str, list[Exam]], *, mesh=None, progress: Callable[[str], None] = print,
+                 records_dir: Path | None = None) -> dict:
     """Every configured method at every (ordering, budget); returns {"<ordering>/B=<budget>": {method:
-    summary}}. `policies` holds "base" and, as trained, "mft" and "mft_rarl"."""
+    summary}}. `policies` holds "base" and, as trained, "mft" and "mft_rarl". With `records_dir`, each
+    sitting's exams are written there as `<ordering>_B<budget>_<method>.jsonl` (`exam_records`)."""
     rules = config.rules
-    runner = _Runner(config, rules, policies, train_tiers, mesh)
+    runner = _Runner(config, rules, policies, train_tiers, mesh, records_dir)
     results = {}
     for budget in config.budgets:
         for ordering in config.orderings:
@@ -208,8 +215,9 @@ class _Runner:
     model once per question."""
 
     def __init__(self, config: ROIConfig, rules: ExamRules, policies: dict[str, Policy],
-                 train_tiers: Sequence[Sequence[Example]], mesh):
+                 train_tiers: Sequence[Sequence[Example]], mesh, records_dir: Path | None = None):
         self.config, self.rules, self.policies, self.train_tiers, self.mesh = config, rules, policies, train_tiers, mesh
+        self.records_dir = records_dir
         self._outcomes: dict[tuple, list[ExamOutcome]] = {}
         self._oracle: dict[tuple, list[float]] = {}
         self._estimates: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -219,6 +227,10 @@ class _Runner:
         key = (method, ordering, budget)
         if key not in self._outcomes:
             self._outcomes[key] = self._sit(method, exams, budget)
+            if self.records_dir is not None and is_main_process():
+                decode = self.policies["base"].decode  # every policy of a run shares the base's tokenizer
+                lines = [json.dumps(r) for r in exam_records(exams, self._outcomes[key], decode)]
+                write_text_atomic(self.records_dir / f"{ordering}_B{budget}_{method}.jsonl", "\n".join(lines) + "\n")
         return self._outcomes[key]
 
     def _sit(self, method: str, exams: list[Exam], budget: int) -> list[ExamOutcome]:
@@ -257,9 +269,10 @@ class _Runner:
             questions = [q for tier in self.train_tiers for q in tier[:n]]
             exams = [Exam(f"cot-{i}", (q,), (0,)) for i, q in enumerate(questions)]
             budget = self.config.level_bounds[-1] * 2
-            outcomes = sit_planned(self._policy("base"), self.rules, exams, [budget] * len(exams),
-                                   [[Action(0, "think")] for _ in exams], batch_size=self.config.eval_batch_size,
-                                   mesh=self.mesh)
+            with phase("roi", f"cot_all levels: the base thinking on {len(exams)} training questions"):
+                outcomes = sit_planned(self._policy("base"), self.rules, exams, [budget] * len(exams),
+                                       [[Action(0, "think")] for _ in exams], batch_size=self.config.eval_batch_size,
+                                       mesh=self.mesh)
             tokens = np.array([o.solution_tokens[0] for o in outcomes], np.float64)
             sizes = np.cumsum([0] + [len(tier[:n]) for tier in self.train_tiers])
             means = [tokens[a:b].mean() for a, b in zip(sizes, sizes[1:])]
@@ -312,11 +325,11 @@ class _Runner:
         exams = [Exam(f"oracle-{i}", (q,), (0,)) for i, q in enumerate(todo) for _ in actions]
         plans = [[a] for _ in todo for a in actions]
         budget = config.cap(max(config.budgets))
-        draws = []
-        for k in range(config.oracle_samples):
-            draws.append(sit_planned(policy, rules, exams, [budget] * len(exams), plans,
-                                     batch_size=config.eval_batch_size, mesh=self.mesh,
-                                     temperature=config.oracle_temperature, rng=jax.random.key(k)))
+        with phase("roi", f"oracle estimates: {len(actions)} actions x {config.oracle_samples} answers for each of "
+                          f"{len(todo)} questions"):
+            draws = [sit_planned(policy, rules, exams, [budget] * len(exams), plans, batch_size=config.eval_batch_size,
+                                 mesh=self.mesh, temperature=config.oracle_temperature, rng=jax.random.key(k))
+                     for k in range(config.oracle_samples)]
         stop = set(policy.stop_ids)
         for i, q in enumerate(todo):
             rows = [[draw[i * len(actions) + a] for draw in draws] for a in range(len(actions))]
@@ -324,6 +337,20 @@ class _Runner:
             costs = np.array([[int(o.segment_end[0]) - (bool(o.ids) and o.ids[-1] in stop) for o in row]
                               for row in rows])
             self._estimates[q.id] = (success, costs)
+
+
+def exam_records(exams: Sequence[Exam], outcomes: Sequence[ExamOutcome], decode: Callable[[list[int]], str]
+                 ) -> list[dict]:
+    """One JSON-ready record per sat exam, for people reading a run: the questions and golds, the
+    completion as generated (before any cut at the budget), and per question the announced and the
+    actual level, the solution tokens, whether it was skipped, right, right within the budget, and
+    its score r_i."""
+    return [{"exam": exam.id, "questions": [q.question for q in exam.questions], "gold": [q.answer for q in exam.questions],
+             "tiers": list(exam.tiers), "completion": decode(list(o.ids)), "tokens": int(o.tokens),
+             "truncated": bool(o.truncated), "predicted_level": o.predicted_level.tolist(),
+             "actual_level": o.actual_level.tolist(), "solution_tokens": o.solution_tokens.tolist(),
+             "skipped": o.skipped.tolist(), "correct": o.correct.tolist(), "budget_correct": o.budget_correct.tolist(),
+             "score": o.score.tolist()} for exam, o in zip(exams, outcomes)]
 
 
 def _oracle_summary(values: Sequence[float], n_boot: int = 1000, seed: int = 0) -> dict:
