@@ -114,6 +114,6 @@ def test_real_exam_run_writes_every_sitting_for_people(real_roi_run):
         assert len(records) == 2 and all(len(r["questions"]) == len(r["gold"]) == 3 for r in records)
         assert np.mean([np.mean(r["score"]) for r in records]) == pytest.approx(results[method]["score"])
         assert all(r["tokens"] <= 32 and r["completion"] for r in records)
-    # direct_all's forced tag opens its completion, as generated.
+    # The completion is kept as generated: direct_all's forced Level-0 tag is in it.
     assert all("Level-0" in json.loads(line)["completion"]
                for line in (real_roi_run / "exams" / "hard_B32_direct_all.jsonl").open())

@@ -19,7 +19,6 @@ The methods:
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -34,8 +33,7 @@ from metajax.envs.exam import ORDERINGS, Exam, greedy_knapsack, make_exams, orac
 from metajax.envs.sitting import Action, ExamRules, predict_levels, sit, sit_planned
 from metajax.envs.toy_exam import TOY_LEVEL_BOUNDS
 from metajax.eval.exam_metrics import exam_summary
-from metajax.files import write_text_atomic
-from metajax.host import is_main_process
+from metajax.files import write_jsonl_atomic
 from metajax.progress import phase
 from metajax.rewards.exam import level_of_tokens
 from metajax.sampling.policy import Policy
@@ -215,7 +213,7 @@ class _Runner:
     model once per question."""
 
     def __init__(self, config: ROIConfig, rules: ExamRules, policies: dict[str, Policy],
-                 train_tiers: Sequence[Sequence[Example]], mesh, records_dir: Path | None = None):
+                 train_tiers: Sequence[Sequence[Example]], mesh, records_dir: Path | None):
         self.config, self.rules, self.policies, self.train_tiers, self.mesh = config, rules, policies, train_tiers, mesh
         self.records_dir = records_dir
         self._outcomes: dict[tuple, list[ExamOutcome]] = {}
@@ -227,10 +225,10 @@ class _Runner:
         key = (method, ordering, budget)
         if key not in self._outcomes:
             self._outcomes[key] = self._sit(method, exams, budget)
-            if self.records_dir is not None and is_main_process():
+            if self.records_dir is not None:
                 decode = self.policies["base"].decode  # every policy of a run shares the base's tokenizer
-                lines = [json.dumps(r) for r in exam_records(exams, self._outcomes[key], decode)]
-                write_text_atomic(self.records_dir / f"{ordering}_B{budget}_{method}.jsonl", "\n".join(lines) + "\n")
+                write_jsonl_atomic(self.records_dir / f"{ordering}_B{budget}_{method}.jsonl",
+                                   exam_records(exams, self._outcomes[key], decode))
         return self._outcomes[key]
 
     def _sit(self, method: str, exams: list[Exam], budget: int) -> list[ExamOutcome]:
