@@ -7,6 +7,7 @@ the others these functions write nothing and return the path.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import socket
@@ -17,23 +18,67 @@ from pathlib import Path
 from metajax.host import is_main_process
 
 
+class OutputWriteError(OSError):
+    """A run output could not be written (a read-only or full disk, say). Whatever was at its path
+    before is unchanged, since every output is written beside it and renamed into place."""
+
+
+_WRITE_FIXES = {
+    errno.ENOSPC: "free space on its disk",
+    errno.EDQUOT: "free space within your disk quota",
+    errno.EFBIG: "raise the file-size limit (ulimit -f)",
+    errno.EACCES: "make its directory writable, or give the run another run_dir",
+    errno.EPERM: "make its directory writable, or give the run another run_dir",
+    errno.EROFS: "the disk is mounted read-only: give the run a run_dir on a writable disk",
+}
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike, what: str = "", kept: str = ""):
+    """Turns an `OSError` raised inside into an `OutputWriteError` naming `path` and the fix.
+
+    Args:
+      what: what is being written, for the message ("checkpoint step 20", say).
+      kept: what the failure leaves intact, if more than `path`'s previous contents.
+    """
+    try:
+        yield
+    except OutputWriteError:
+        raise
+    except OSError as e:
+        raise write_error(path, e.errno, e.strerror or str(e), what, kept) from e
+
+
+def write_error(path, code: int | None, reason: str, what: str = "", kept: str = "") -> OutputWriteError:
+    """The error of a failed write of `path` (errno `code`), its message one line: what failed,
+    why, the fix, and what is kept."""
+    fix = _WRITE_FIXES.get(code, "check that its directory exists and is writable and that its disk has room")
+    kept = kept or f"whatever was at {path} before is unchanged"
+    error = OutputWriteError(f"cannot write {what + ' ' if what else ''}{path}: {reason}; {fix}. Nothing is "
+                             f"half-written: {kept}")
+    error.errno = code
+    return error
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Writes `text` to a temporary file beside `path`, then renames it over `path`."""
+    """Writes `text` to a temporary file beside `path`, then renames it over `path`; an `OSError`
+    (a full or read-only disk) comes out as an `OutputWriteError` naming `path`."""
     path = Path(path)
     if not is_main_process():
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes it private; outputs are meant to be shared
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(handle, "w", encoding="utf-8") as out:
+                out.write(text)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes it private; outputs are meant to be shared
+            os.replace(temporary, path)
+        except BaseException:
+            os.unlink(temporary)
+            raise
     return path
 
 

@@ -31,13 +31,18 @@ def main(argv: list[str] | None = None) -> int:
     import time
 
     from metajax import pipelines
-    from metajax.files import RunDirInUseError
+    from metajax.files import OutputWriteError, RunDirInUseError
+    from metajax.host import start_backends
+    start_backends()
     started = time.time()
     try:
         pipelines.run(config)
     except RunDirInUseError as e:
         print(f"metajax: {e}", file=sys.stderr)
         return 2
+    except OutputWriteError as e:
+        print(f"metajax: {e}", file=sys.stderr)
+        return 1
     print("\n".join(describe_outputs(config.task, config.run_dir, time.time() - started)))
     return 0
 
@@ -47,13 +52,14 @@ def _join_distributed() -> None:
 
     import jax
 
-    from metajax.host import is_main_process
+    from metajax.host import is_main_process, start_backends
     # On TPU VMs initialize() discovers its peers; GPU launchers export the coordinator address.
     coordinator = os.environ.get("JAX_COORDINATOR_ADDRESS")
     if coordinator:
         jax.distributed.initialize(coordinator, int(os.environ["JAX_NUM_PROCESSES"]), int(os.environ["JAX_PROCESS_ID"]))
     else:
         jax.distributed.initialize()
+    start_backends()
     if not is_main_process():
         # Every process runs the same program; the console shows process 0's (errors still show).
         sys.stdout = open(os.devnull, "w")

@@ -162,7 +162,7 @@ def load_policy(config: Config, mesh=None) -> Policy:
         gguf_to_hf(gguf_file(config.model.gguf), directory)
     params, cfg = load_hf(directory, dtype=_dtype(config.model.dtype), mesh=mesh)
     cfg = dataclasses.replace(cfg, attention=config.model.attention)
-    tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    tokenizer = AutoTokenizer.from_pretrained(str(directory), trust_remote_code=False)  # never run shipped code
     sample_dtype = None if config.model.compute_dtype == config.model.dtype else _dtype(config.model.compute_dtype)
     policy = Policy.of(params, cfg, tokenizer, chat=config.prompting.chat, system_prompt=config.prompting.system_prompt,
                        compute_dtype=sample_dtype)

@@ -74,3 +74,19 @@ def test_start_up_does_not_advise_installing_pytorch():
                                                      if k != "TRANSFORMERS_NO_ADVISORY_WARNINGS"})
     assert quiet.returncode == 0, quiet.stderr
     assert "PyTorch was not found" not in quiet.stderr
+
+
+def test_start_up_keeps_libtpus_no_chip_warnings_off_the_console():
+    """With libtpu installed (the aot extra) on a machine without TPU chips, jax's first device query
+    makes libtpu print warnings about TPU environment variables; the command line starts quietly."""
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    plain = subprocess.run([sys.executable, "-c", "import jax; jax.devices()"], capture_output=True, text=True,
+                           cwd=REPO, env=env)
+    if "TPU_" not in plain.stderr:
+        pytest.skip("libtpu prints nothing here (not installed, or a TPU machine)")
+    quiet = subprocess.run([sys.executable, "-c", "import sys; from metajax.host import start_backends; "
+                            "print(start_backends()); print('kept', file=sys.stderr)"],
+                           capture_output=True, text=True, cwd=REPO, env=env)
+    assert quiet.returncode == 0, quiet.stderr
+    assert "CpuDevice" in quiet.stdout
+    assert quiet.stderr == "kept\n"

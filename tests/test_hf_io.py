@@ -314,3 +314,30 @@ def test_truncated_safetensors(checkpoint_copy, keep_bytes, message):
     file.write_bytes(data[:len(data) // 2 if keep_bytes is None else keep_bytes])
     with pytest.raises(CheckpointError, match=message):
         load_hf(path)
+
+
+def test_a_model_directory_that_ships_python_code_loads_without_running_it(tmp_path):
+    """A checkpoint whose config and tokenizer point at Python files (`auto_map`, as Hub repos with
+    custom code do) loads from its safetensors and tokenizer.json alone; the files never run."""
+    from metajax.config import load_config
+    from metajax.pipelines import TOY_MODEL_DIRS, load_policy
+
+    model = tmp_path / "model"
+    shutil.copytree(TOY_MODEL_DIRS["toy"], model)
+    ran = tmp_path / "ran"
+    for name in ("tokenization_custom", "configuration_custom", "modeling_custom"):
+        (model / f"{name}.py").write_text(f"open({str(ran / name)!r}, 'w').close()\n"
+                                          "from transformers import PreTrainedTokenizerFast as CustomTokenizer\n"
+                                          "from transformers import PretrainedConfig as CustomConfig\n")
+    for name, auto_map in (("tokenizer_config.json", {"AutoTokenizer": ["tokenization_custom.CustomTokenizer"] * 2}),
+                           ("config.json", {"AutoConfig": "configuration_custom.CustomConfig",
+                                            "AutoModelForCausalLM": "modeling_custom.CustomModel"})):
+        fields = json.loads((model / name).read_text())
+        (model / name).write_text(json.dumps({**fields, "auto_map": auto_map}))
+    ran.mkdir()
+    custom = load_policy(load_config(None, [f"model.path={model}"]))
+    toy = load_policy(load_config(None, ["model.path=toy"]))
+    assert list(ran.iterdir()) == []
+    assert custom.encode("12+34 = 46") == toy.encode("12+34 = 46")
+    for a, b in zip(jax.tree.leaves(custom.params), jax.tree.leaves(toy.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -21,7 +21,7 @@ from pathlib import Path
 from metajax.data.example import Example
 from metajax.data.graders import extract_answer, grade_example, split_ram_completion
 from metajax.data.formats import ANSWER_MARKER, THOUGHT_CLOSE, THOUGHT_OPEN, USER_MARKER
-from metajax.files import write_jsonl_atomic
+from metajax.files import write_jsonl_atomic, writing
 from metajax.host import is_main_process
 from metajax.sampling.policy import Policy
 from metajax.sampling.rollouts import Completion, complete
@@ -161,12 +161,17 @@ def save_figure(fig, path: Path) -> Path:
     only process 0 of a multi-process run writes."""
     import matplotlib.pyplot as plt
 
-    if is_main_process():
-        fig.tight_layout()
-        tmp = path.with_name(path.stem + ".tmp.png")
-        fig.savefig(tmp)
-        tmp.replace(path)
-    plt.close(fig)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    try:
+        if is_main_process():
+            fig.tight_layout()
+            with writing(path, "the plot"):
+                fig.savefig(tmp)
+                tmp.replace(path)
+    finally:
+        if is_main_process():
+            tmp.unlink(missing_ok=True)  # a failed save's partial file
+        plt.close(fig)
     return path
 
 

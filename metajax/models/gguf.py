@@ -157,7 +157,7 @@ def _save_tokenizer(gguf_path: Path, out_dir: Path) -> None:
     from transformers import AutoTokenizer  # slow to import; only conversion needs it
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, trust_remote_code=False)
     except Exception as e:  # transformers reports a GGUF without tokenizer as a bare KeyError
         raise GGUFError(f"{gguf_path}: transformers cannot build a tokenizer from this GGUF ({e!r}); "
                         "an HF checkpoint needs one, so convert a GGUF that embeds its tokenizer") from e

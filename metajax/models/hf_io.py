@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
+from metajax.files import writing
 from metajax.host import is_main_process, to_host
 from metajax.models.config import ModelConfig, config_from_hf, config_to_hf
 from metajax.models.transformer import Params, is_param_spec, param_specs
@@ -87,25 +88,26 @@ def save_hf(params: Params, cfg: ModelConfig, path: str | os.PathLike, *,
     path = Path(path)
     if path.exists() and not overwrite:
         raise CheckpointError(f"{path} exists; pass overwrite=True to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = staging_dir(path)
-    try:
-        if path.is_dir():
-            for item in path.iterdir():
-                if item.is_dir() and not item.name.startswith("."):
-                    shutil.copytree(item, staging / item.name)
-                elif item.is_file() and not _is_weight_or_config(item.name):
-                    shutil.copy2(item, staging / item.name)
-        hf_config = config_to_hf(cfg)
-        if dtype is not None:
-            hf_config["torch_dtype"] = jnp.dtype(dtype).name
-        if is_main_process():
-            (staging / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
-        _write_safetensors_shards(_hf_tensors(params, cfg, dtype), staging, max_shard_bytes)
-        replace_dir(staging, path)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    with writing(path, "the model"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = staging_dir(path)
+        try:
+            if path.is_dir():
+                for item in path.iterdir():
+                    if item.is_dir() and not item.name.startswith("."):
+                        shutil.copytree(item, staging / item.name)
+                    elif item.is_file() and not _is_weight_or_config(item.name):
+                        shutil.copy2(item, staging / item.name)
+            hf_config = config_to_hf(cfg)
+            if dtype is not None:
+                hf_config["torch_dtype"] = jnp.dtype(dtype).name
+            if is_main_process():
+                (staging / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+            _write_safetensors_shards(_hf_tensors(params, cfg, dtype), staging, max_shard_bytes)
+            replace_dir(staging, path)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
     return path
 
 

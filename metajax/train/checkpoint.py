@@ -7,11 +7,15 @@ so a crash in the middle of a save leaves the earlier checkpoints untouched: the
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+
+from metajax.files import write_error
 
 
 class CheckpointNotFoundError(FileNotFoundError):
@@ -46,11 +50,21 @@ class Checkpointer:
     def save(self, step: int, state, *, metadata: dict | None = None, force: bool = False) -> bool:
         """Writes `state` (any pytree of arrays) and JSON-serialisable `metadata` as `step`, and
         waits for it. Returns whether it saved (False when `save_interval_steps` skips the step)."""
-        saved = self._manager.save(
-            int(step), args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                metadata=ocp.args.JsonSave(dict(metadata or {}))),
-            force=force)
-        self._manager.wait_until_finished()
+        try:
+            saved = self._manager.save(
+                int(step), args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                    metadata=ocp.args.JsonSave(dict(metadata or {}))),
+                force=force)
+            self._manager.wait_until_finished()
+        except Exception as exc:
+            code = _os_error_code(exc)
+            if code is None:
+                raise
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else os.strerror(code)
+            raise write_error(
+                os.path.join(self.directory, str(step)), code, reason, "checkpoint step",
+                f"the steps saved before ({self.all_steps() or 'none'}) are kept and a rerun resumes from the "
+                f"newest") from exc
         return saved
 
     def latest_step(self) -> int | None:
@@ -96,3 +110,12 @@ class Checkpointer:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+def _os_error_code(exc: BaseException) -> int | None:
+    """The errno behind a failed save: an `OSError`'s, or the one tensorstore writes into its message
+    (orbax raises those as `ValueError`s)."""
+    if isinstance(exc, OSError):
+        return exc.errno if exc.errno is not None else errno.EIO
+    found = re.search(r"os_error_code='(\d+)'", str(exc))
+    return int(found.group(1)) if found else None

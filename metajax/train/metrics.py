@@ -10,7 +10,10 @@ from typing import Any
 
 import numpy as np
 
+from metajax.files import writing
 from metajax.host import is_main_process
+
+_KEPT = "the lines logged before are kept"
 
 
 class MetricsWriter:
@@ -35,12 +38,13 @@ class MetricsWriter:
         self._file = self._tensorboard = None
         if not is_main_process():
             return
-        os.makedirs(self.run_dir, exist_ok=True)
         previous = read_metrics(self.path, all_attempts=True) if os.path.exists(self.path) else []
         self.attempt = 1 + max((r.get("attempt", 1) for r in previous), default=0)
-        self._file = open(self.path, "a", encoding="utf-8")
-        if self._file.tell() and not _ends_with_newline(self.path):
-            self._file.write("\n")  # a killed run's torn last line stays on its own line
+        with writing(self.path, kept=_KEPT):
+            os.makedirs(self.run_dir, exist_ok=True)
+            self._file = open(self.path, "a", encoding="utf-8")
+            if self._file.tell() and not _ends_with_newline(self.path):
+                self._file.write("\n")  # a killed run's torn last line stays on its own line
         self._tensorboard = None if tensorboard is False else _tensorboard_writer(
             os.path.join(self.run_dir, "tensorboard"))
         if tensorboard and self._tensorboard is None:
@@ -54,8 +58,9 @@ class MetricsWriter:
         line = {"step": int(step), "stage": stage,
                 "metrics": {k: v if math.isfinite(v) else None for k, v in values.items()},
                 "time": time.time(), "attempt": self.attempt}
-        self._file.write(json.dumps(line, allow_nan=False) + "\n")
-        self._file.flush()
+        with writing(self.path, kept=_KEPT):
+            self._file.write(json.dumps(line, allow_nan=False) + "\n")
+            self._file.flush()
         if self._tensorboard is not None:
             for name, value in values.items():
                 self._tensorboard.scalar(f"{stage}/{name}", value, int(step))
