@@ -21,8 +21,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--distributed", action="store_true",
                         help="join a multi-host run (TPU pod slice or multi-node GPU): jax.distributed.initialize()")
     args = parser.parse_args(argv)
+    from metajax.host import start_backends
     if args.distributed:  # first: the config's mesh is checked against every process's devices
         _join_distributed()
+    else:
+        start_backends()
     try:
         config = load_config(args.config, args.set)
     except ConfigError as e:
@@ -32,8 +35,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from metajax import pipelines
     from metajax.files import OutputWriteError, RunDirInUseError
-    from metajax.host import start_backends
-    start_backends()
     started = time.time()
     try:
         pipelines.run(config)
