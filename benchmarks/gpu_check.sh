@@ -38,8 +38,9 @@ step() {  # step NAME COMMAND...: runs COMMAND, output to $out/NAME.log, and rec
   tail -n 4 "$out/$name.log"
 }
 
+# One pytest process (-n 0): two workers would each claim most of the GPU memory.
 step parity env JAX_PLATFORMS="$platform" JAX_DEFAULT_MATMUL_PRECISION=highest \
-  python -m pytest -q -p no:cacheprovider tests/test_models.py tests/test_attention.py tests/test_sampling.py
+  python -m pytest -q -n 0 -p no:cacheprovider tests/test_models.py tests/test_attention.py tests/test_sampling.py
 step grpo python -m metajax.main --config configs/grpo_toy.yaml --set run_dir="$out/grpo" \
   --set grpo.max_steps=2 --set grpo.save_steps=2 --set data.num_eval=64 --set eval.methods=[base,grpo]
 step ram python -m metajax.main --config configs/ram_toy.yaml --set run_dir="$out/ram" \

@@ -152,6 +152,19 @@ def test_skip_mode_counts_every_bad_row(tmp_path, caplog):
     assert "skipped 5 bad rows" in caplog.text
 
 
+def test_a_10_mb_row_is_a_bad_row(tmp_path):
+    path = tmp_path / "test.jsonl"
+    good = {"question": "What is 1 + 1?", "answer": "#### 2"}
+    huge = {"question": "Why? " * 2_000_000, "answer": "#### 3"}
+    path.write_text("\n".join(json.dumps(row) for row in (good, huge, good | {"id": "b"})) + "\n")
+    assert path.stat().st_size > 10_000_000
+    with pytest.raises(BadRowError, match=f"{path} line 2: field 'question': is 9,999,999 characters long"):
+        load_dataset(DatasetSpec("gsm8k", path=str(path)))
+    result = read_dataset(DatasetSpec("gsm8k", path=str(path), on_bad_row="skip"))
+    assert [ex.id for ex in result.examples] == ["test-0", "b"]
+    assert len(result.skipped) == 1 and result.skipped[0].startswith(f"{path} line 2: field 'question'")
+
+
 def test_repeated_id_is_a_bad_row(tmp_path):
     row = {"id": "q1", "question": "Q?", "choices": {"text": ["a", "b"], "label": ["A", "B"]},
            "answerKey": "B"}

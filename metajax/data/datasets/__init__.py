@@ -35,6 +35,10 @@ Source = Literal["local", "hf", "tfds"]
 SOURCES: tuple[str, ...] = ("local", "hf", "tfds")
 RowParser = Callable[[Mapping[str, Any], str, str], Example]
 
+# No shot or budget holds a text this long (about 25,000 tokens); a row past it is a broken export
+# (a whole document pasted into one cell), and reading it on would only fail later, deep in a prompt.
+MAX_TEXT_CHARS = 100_000
+
 
 class BadRowError(DatasetError):
     """A row that does not fit its dataset's layout; the message names file, line and field."""
@@ -147,6 +151,7 @@ def read_dataset(spec: DatasetSpec) -> LoadResult:
         if problem is None:
             try:
                 example = parse(raw.row, spec.name, f"{spec.split}-{raw.index}")
+                _check_lengths(example)
                 if example.id in first_seen:
                     raise RowError("id", f"repeats id {example.id!r} (first at {first_seen[example.id]})")
             except RowError as err:
@@ -166,6 +171,15 @@ def read_dataset(spec: DatasetSpec) -> LoadResult:
     if spec.limit is not None:
         examples = sample_examples(examples, min(spec.limit, len(examples)), spec.seed)
     return LoadResult(tuple(examples), tuple(skipped))
+
+
+def _check_lengths(example: Example) -> None:
+    texts = {"question": example.question, "answer": example.answer, "rationale": example.rationale or "",
+             **{f"choices[{i}]": choice for i, choice in enumerate(example.choices)}}
+    for field, text in texts.items():
+        if len(text) > MAX_TEXT_CHARS:
+            raise RowError(field, f"is {len(text):,} characters long, over the {MAX_TEXT_CHARS:,} that any "
+                           "prompt could hold")
 
 
 def _rows(spec: DatasetSpec) -> Iterator[RawRow]:
