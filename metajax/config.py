@@ -10,6 +10,7 @@ and the fix, before anything is compiled or written.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import types
 import typing
@@ -352,3 +353,29 @@ def _check_files(config: Config) -> None:
                 if not Path(tier.path).exists():
                     raise ConfigError(f"roi.{key}[{i}].path: {tier.path} does not exist; "
                                       f"{missing_file_hint(tier.dataset, tier.path)}")
+
+
+def check_generation_fits(config: Config) -> None:
+    """Each generation length `config.task` uses leaves room for a prompt in the model's context (the
+    command line checks it before a run starts; the sampler would refuse only mid-run, after the
+    model is loaded and compiled). Not part of `validate`: the built-in defaults, the papers' 512
+    new tokens, are meant for real models, and library code and tests build on them."""
+    from metajax.pipelines import METHODS, model_dir
+
+    model_config = model_dir(config) / "config.json"
+    if config.model.gguf is not None or config.task in ("toy_pretrain", "convert") or not model_config.is_file():
+        return
+    context = json.loads(model_config.read_text()).get("max_position_embeddings")
+    methods = set(config.eval.methods) | {config.task}
+    lengths = {"grpo.max_completion_length": config.grpo.max_completion_length} if config.task == "roi" else {}
+    if config.task in METHODS or config.task == "eval":
+        lengths["eval.max_new_tokens"] = config.eval.max_new_tokens
+    if config.task in METHODS and methods & {"star", "ram"}:
+        lengths["expert_iteration.max_new_tokens"] = config.expert_iteration.max_new_tokens
+    if config.task in METHODS and "grpo" in methods:
+        lengths["grpo.max_completion_length"] = config.grpo.max_completion_length
+    for key, length in lengths.items():
+        if isinstance(context, int) and length >= context:
+            raise ConfigError(f"{key}: {length} new tokens leave no room for a prompt in the model's context of "
+                              f"{context} positions ({model_config}); lower it so that prompt and completion fit")
+

@@ -9,13 +9,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from metajax.config import ConfigError, load_config
+from metajax.config import ConfigError, check_generation_fits, load_config
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m metajax.main", description=__doc__.splitlines()[0],
                                      epilog=_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML run config (default: the built-in RaM toy run)")
+    parser.add_argument("--config", help="YAML run config (without one: metajax's built-in settings, the papers' 512-token "
+                             "generations on the bundled toy model; configs/ram_toy.yaml is the toy RaM run)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set expert_iteration.iterations=2 (repeatable)")
     parser.add_argument("--distributed", action="store_true",
@@ -28,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         start_backends()
     try:
         config = load_config(args.config, args.set)
+        check_generation_fits(config)
     except ConfigError as e:
         print(f"metajax: config error: {e}", file=sys.stderr)
         return 2

@@ -160,6 +160,13 @@ def test_cli_rejects_bad_configs_with_status_2_and_writes_nothing(tmp_path):
         (["--config", str(bad_yaml)], "bad.yaml is not valid YAML"),
         (["--config", str(negative)], "eval.max_new_tokens must be >= 1"),
         (["--set", f"run_dir={tmp_path / 'run'}", "--set", "wrong.key=1"], "unknown key 'wrong'"),
+        # The built-in 512 new tokens fill the toy model's 512 positions: refused before the run.
+        (["--set", f"run_dir={tmp_path / 'run'}"], "eval.max_new_tokens: 512 new tokens leave no room for a "
+                                                   "prompt in the model's context of 512 positions"),
+        (["--set", f"run_dir={tmp_path / 'run'}", "--set", "eval.max_new_tokens=64"],
+         "expert_iteration.max_new_tokens: 512"),
+        (["--set", f"run_dir={tmp_path / 'run'}", "--set", "task=grpo", "--set", "eval.max_new_tokens=64",
+          "--set", "eval.methods=[base]", "--set", "grpo.max_completion_length=600"], "grpo.max_completion_length: 600"),
     ]
     for args, message in cases:
         result = _cli(*args, cwd=tmp_path)

@@ -130,7 +130,8 @@ def test_the_command_line_reports_a_failed_write_in_one_line_with_status_1(tmp_p
 
     (tmp_path / "file").write_text("")
     monkeypatch.setattr(pipelines, "run", run)
-    assert main(["--set", f"run_dir={tmp_path / 'run'}"]) == 1
+    assert main(["--set", f"run_dir={tmp_path / 'run'}", "--set", "eval.max_new_tokens=48",
+                 "--set", "expert_iteration.max_new_tokens=48"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("metajax: cannot write ") and str(tmp_path / "file" / "results.json") in err
     assert len(err.splitlines()) == 1

@@ -21,7 +21,8 @@ def test_a_second_run_on_a_run_dir_in_use_is_refused_naming_the_process(tmp_path
             with run_lock(tmp_path):
                 pass
         # The command line refuses too, with status 2, before writing anything.
-        assert main(["--set", f"run_dir={tmp_path}", "--set", "eval.methods=[base]"]) == 2
+        assert main(["--set", f"run_dir={tmp_path}", "--set", "eval.methods=[base]",
+                     "--set", "eval.max_new_tokens=48", "--set", "expert_iteration.max_new_tokens=48"]) == 2
         assert f"in use by process {os.getpid()}" in capsys.readouterr().err
         assert not (tmp_path / "config.json").exists()
     assert not (tmp_path / LOCK_NAME).exists()  # released on exit

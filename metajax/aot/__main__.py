@@ -26,7 +26,7 @@ HEADROOM = 0.9  # a candidate is chosen when its estimate is within this fractio
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m metajax.aot", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", help="YAML run config (default: the built-in RaM toy run)")
+    parser.add_argument("--config", help="YAML run config (default: metajax's built-in settings)")
     parser.add_argument("--topology", required=True,
                         help="TPU slice (v5e-16, v5p-8, v5p-64, v6e-8, v4-32, ...) or a libtpu topology (v5e:2x2)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
