@@ -93,7 +93,8 @@ _OUTPUTS = [("results.md", "the results table"), ("results.json", "the results, 
             ("*.png", "a figure of the results"), ("metrics.jsonl", "every step's metrics (metajax.train.read_metrics)"),
             ("eval_*.jsonl", "every evaluated completion, graded"), ("config.json", "the config this run used"),
             ("tensorboard", "TensorBoard event files"), ("base_model", "the converted GGUF model"),
-            ("hf_model", "the converted model, a Hugging Face directory")]
+            ("hf_model", "the converted model, a Hugging Face directory"),
+            ("exams", "every exam sat, per ordering, budget and method: completions and per-question scores")]
 
 
 def describe_outputs(task: str, run_dir, seconds: float) -> list[str]:

@@ -46,12 +46,14 @@ def test_a_finished_run_says_where_its_outputs_are(tmp_path):
                  "config.json", LOCK_NAME):
         (tmp_path / name).write_text("x")
     (tmp_path / "ram").mkdir()
+    (tmp_path / "exams").mkdir()  # a ROI run's exam records
     lines = describe_outputs("ram", tmp_path, 125.0)
     assert lines[0] == f"[metajax] ram finished in 2.1 min; its outputs are in {tmp_path}/:"
     listed = {line.split()[0]: line for line in lines[1:-1]}
-    assert set(listed) == {"config.json", "eval_ram.jsonl", "metrics.jsonl", "ram/", "results.json", "results.md",
-                           "tokens_by_difficulty.png"}  # the lock file is not an output
+    assert set(listed) == {"config.json", "eval_ram.jsonl", "exams/", "metrics.jsonl", "ram/", "results.json",
+                           "results.md", "tokens_by_difficulty.png"}  # the lock file is not an output
     assert "results table" in listed["results.md"] and "final policy" in listed["ram/"]
+    assert "every exam sat" in listed["exams/"]
     assert "resumes" in lines[-1]
 
 
