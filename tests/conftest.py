@@ -62,26 +62,34 @@ class HFCheckpoint:
             return self.model(torch.as_tensor(np.asarray(tokens), dtype=torch.long)).logits.float().numpy()
 
 
-@pytest.fixture(scope="session")
-def run_cli():
-    """`run_cli(overrides, config=None)`: `python -m metajax.main [--config config] --set ...` in a
-    process of its own on one CPU device, as a user starts it; fails the test unless it exits 0.
-    The suite's 8 fake devices would shard an end-to-end run's model 8 ways over the machine's cores."""
-    import subprocess
-    import sys
+class CommandLine:
+    """`python -m metajax.main [--config config] --set ...` in a process of its own on one CPU device,
+    as a user starts it. The suite's 8 fake devices would shard an end-to-end run's model 8 ways over
+    the machine's cores."""
 
-    flags = " ".join(f for f in os.environ["XLA_FLAGS"].split() if "device_count" not in f)
+    env = dict(os.environ, XLA_FLAGS=" ".join(f for f in os.environ["XLA_FLAGS"].split() if "device_count" not in f))
 
-    def run(overrides, config=None) -> subprocess.CompletedProcess:
+    @staticmethod
+    def command(overrides, config=None) -> list[str]:
+        import sys
         command = [sys.executable, "-m", "metajax.main", *(["--config", str(config)] if config else [])]
         for override in overrides:
             command += ["--set", override]
-        done = subprocess.run(command, env=dict(os.environ, XLA_FLAGS=flags), capture_output=True, text=True,
+        return command
+
+    def __call__(self, overrides, config=None):
+        """Runs to the end; fails the test unless the run exits 0. Returns the CompletedProcess."""
+        import subprocess
+        done = subprocess.run(self.command(overrides, config), env=self.env, capture_output=True, text=True,
                               timeout=900)
         assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
         return done
 
-    return run
+
+@pytest.fixture(scope="session")
+def run_cli() -> CommandLine:
+    """`run_cli(overrides, config=None)` runs the command line to the end (`CommandLine`)."""
+    return CommandLine()
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -279,18 +279,3 @@ def test_grpo_config_rejects_bad_values():
         RewardTerm("function", function="nomodule")
     with pytest.raises(ValueError, match="needs `function"):
         RewardTerm("function")
-
-
-@needs_toy
-def test_grpo_task_trains_evaluates_and_writes_its_results(tmp_path, run_cli):
-    run_cli([f"run_dir={tmp_path}", "task=grpo", "data.num_eval=6", "eval.max_new_tokens=48",
-             "eval.methods=[base, grpo]", "grpo.max_steps=2", "grpo.prompts_per_step=2",
-             "grpo.num_generations=2", "grpo.max_completion_length=48",
-             "grpo.rewards=[{kind: voc}, {kind: token_cost, weight: 0.01}]"])
-    import json
-    assert list(json.loads((tmp_path / "results.json").read_text())) == ["base", "grpo"]
-    for name in ("results.md", "tokens_by_difficulty.png", "eval_base.jsonl", "eval_grpo.jsonl",
-                 "grpo/final/config.json", "grpo/final/tokenizer.json"):
-        assert (tmp_path / name).is_file(), name
-    steps = [r for r in read_metrics(tmp_path) if r["stage"] == "grpo/step"]
-    assert [r["step"] for r in steps] == [1, 2] and "reward/token_cost" in steps[0]["metrics"]
