@@ -185,7 +185,7 @@ def _malformed_overrides() -> list[tuple[list[str], str]]:
     sizes = {"expert_iteration": ("iterations", "questions_per_iteration", "samples_per_question", "max_new_tokens",
                                   "epochs", "batch_size", "rollout_batch_size", "score_batch_size"),
              "grpo": ("max_steps", "prompts_per_step", "num_generations", "max_completion_length"),
-             "mft": ("questions", "samples_per_question", "batch_size"), "eval": ("max_new_tokens", "batch_size")}
+             "mft": ("questions", "samples_per_question", "batch_size", "save_steps"), "eval": ("max_new_tokens", "batch_size")}
     for section, names in sizes.items():
         for i, name in enumerate(names):
             cases.append(([f"{section}.{name}={-(i % 2)}"], name))  # zero and negative sizes, alternately

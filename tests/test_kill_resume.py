@@ -34,7 +34,7 @@ TRAINING = ["task=ram", "eval.methods=[base, star, ram, grpo]", "data.num_eval=6
 EVAL = ["task=eval", "eval.methods=[base, direct, cot]", "data.num_eval=12", "eval.max_new_tokens=48",
         "eval.batch_size=4"]
 ROI_CONFIG = "configs/roi_toy.yaml"
-ROI = ["mft.questions=8", "mft.samples_per_question=2", "mft.stage2_exams=4", "mft.batch_size=4",
+ROI = ["mft.questions=8", "mft.samples_per_question=2", "mft.save_steps=1", "mft.stage2_exams=4", "mft.batch_size=4",
        "mft.sample_batch_size=16", "roi.train_exams=4", "roi.test_exams=4", "roi.eval_batch_size=8",
        "roi.methods=[mft, mft_rarl]", "roi.budgets=[120]", "roi.orderings=[medium]", "grpo.max_steps=2",
        "grpo.save_steps=1", "grpo.prompts_per_step=2", "grpo.num_generations=2", "grpo.max_completion_length=120"]

@@ -31,7 +31,7 @@ from metajax.envs.sitting import ExamRules, exam_prompts, sit
 from metajax.files import write_text_atomic
 from metajax.progress import phase
 from metajax.sampling.policy import Policy
-from metajax.train import OptimizerConfig, train_sft
+from metajax.train import Checkpointer, OptimizerConfig, train_sft
 
 LABEL_RULES = ("shortest", "median", "most_frequent")
 
@@ -59,6 +59,9 @@ class MFTConfig:
         gradient); must divide batch_size.
       learning_rate: the stages' peak rate (None: `train.learning_rate`).
       sample_batch_size: exams per sampling call.
+      save_steps: each stage checkpoints every this many steps (and after its last) under
+        `out_dir/checkpoints/stage<n>`, so a rerun of a killed run resumes the stage there; the
+        rejection sampling before the stages is redone, from the same seed, to the same labels.
     """
 
     questions: int = 1024
@@ -73,10 +76,11 @@ class MFTConfig:
     gradient_accumulation_steps: int = 1
     learning_rate: float | None = None
     sample_batch_size: int = 64
+    save_steps: int = 50
 
     def __post_init__(self):
         for name in ("questions", "samples_per_question", "epochs", "batch_size", "gradient_accumulation_steps",
-                     "sample_batch_size"):
+                     "sample_batch_size", "save_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"mft.{name} must be >= 1, got {getattr(self, name)}")
         if self.batch_size % self.gradient_accumulation_steps:
@@ -197,7 +201,7 @@ def run_mft(base: Policy, rules: ExamRules, questions: Sequence[Example], stage2
     sft = dict(optim=optim, batch_size=config.batch_size, epochs=config.epochs, mesh=mesh, metrics=metrics,
                progress=progress, remat=remat, compute_dtype=compute_dtype,
                grad_accum=config.gradient_accumulation_steps)
-    params, _ = train_sft(base.params, base.cfg, stage1, seed=seed, desc="mft/stage1", **sft)
+    params = _train_stage(base.params, base.cfg, stage1, out_dir, 1, seed=seed, save_every=config.save_steps, **sft)
     label_of = {q.id: lab for q, lab in zip(questions, labels)}
     exams = [(exam, b) for exam, b in stage2_exams if all(q.id in label_of for q in exam.questions)]
     if stage2_exams and not exams:
@@ -207,11 +211,20 @@ def run_mft(base: Policy, rules: ExamRules, questions: Sequence[Example], stage2
         prompts = exam_prompts(base, rules, [e for e, _ in exams], [b for _, b in exams])
         stage2 = [_row(p, exam_target(base, rules, [label_of[q.id] for q in exam.questions], b, config.stage2_plan))
                   for p, (exam, b) in zip(prompts, exams)]
-        params, _ = train_sft(params, base.cfg, stage2, seed=seed + 1, desc="mft/stage2", **sft)
+        params = _train_stage(params, base.cfg, stage2, out_dir, 2, seed=seed + 1, save_every=config.save_steps,
+                              **sft)
     summary = {"questions": len(questions), "samples_correct": float(np.mean([lab.correct / k for lab in labels])),
                "label_levels": {str(level): levels[level] for level in range(rules.num_levels)},
                "stage2_exams": len(exams)}
     return base.with_params(params), summary
+
+
+def _train_stage(params, cfg, rows, out_dir: Path, stage: int, **sft):
+    with Checkpointer(out_dir / "checkpoints" / f"stage{stage}", max_to_keep=1) as checkpointer:
+        if checkpointer.latest_step() is not None:
+            print(f"[mft] stage {stage}: resuming after step {checkpointer.latest_step()}", flush=True)
+        params, _ = train_sft(params, cfg, rows, checkpointer=checkpointer, desc=f"mft/stage{stage}", **sft)
+    return params
 
 
 def _row(prompt: list[int], target: list[int]) -> tuple[list[int], list[bool]]:
