@@ -14,7 +14,7 @@ import itertools
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -54,9 +54,10 @@ def run_training_pipeline(config: Config, run_dir: Path) -> dict:
     write the results table and plot."""
     mesh = _mesh(config)
     base = load_policy(config, mesh)
-    train_questions, eval_questions, fewshot = load_questions(config)
+    train_questions, eval_questions, fewshot, skipped_rows = load_questions(config)
     trained: dict[str, Policy] = {}
     with MetricsWriter(run_dir) as metrics:
+        _log_skipped_rows(metrics, skipped_rows)
         for name, method in METHODS.items():
             if method.train is None or (name not in config.eval.methods and name != config.task):
                 continue
@@ -66,7 +67,7 @@ def run_training_pipeline(config: Config, run_dir: Path) -> dict:
             trained[name] = policy
         summaries = evaluate_methods(config, run_dir, eval_questions, base, trained, fewshot=fewshot, mesh=mesh,
                                      metrics=metrics)
-    return write_results(run_dir, summaries)
+    return write_results(run_dir, summaries, skipped_rows)
 
 
 def run_eval_pipeline(config: Config, run_dir: Path) -> dict:
@@ -74,10 +75,13 @@ def run_eval_pipeline(config: Config, run_dir: Path) -> dict:
     method's row is the checkpoint itself, prompted as that method's policy is."""
     mesh = _mesh(config)
     policy = load_policy(config, mesh)
-    _, eval_questions, fewshot = load_questions(config)
+    _, eval_questions, fewshot, skipped_rows = load_questions(config)
     trained = {m: policy for m in config.eval.methods if METHODS[m].train is not None}
-    return write_results(run_dir, evaluate_methods(config, run_dir, eval_questions, policy, trained, fewshot=fewshot,
-                                                   mesh=mesh))
+    with MetricsWriter(run_dir) as metrics:
+        _log_skipped_rows(metrics, skipped_rows)
+        summaries = evaluate_methods(config, run_dir, eval_questions, policy, trained, fewshot=fewshot, mesh=mesh,
+                                     metrics=metrics)
+    return write_results(run_dir, summaries, skipped_rows)
 
 
 def evaluate_methods(config: Config, run_dir: Path, questions: Sequence[Example], base: Policy,
@@ -141,9 +145,18 @@ METHODS: dict[str, Method] = {
 }
 
 
-def write_results(run_dir: Path, summaries: dict[str, dict]) -> dict:
-    """results.md (the table), results.json and tokens_by_difficulty.png in the run directory."""
+def _log_skipped_rows(metrics: MetricsWriter, skipped_rows: dict[str, int]) -> None:
+    if skipped_rows:
+        metrics.write(0, {f"skipped_rows/{split}": n for split, n in skipped_rows.items()}, stage="data")
+
+
+def write_results(run_dir: Path, summaries: dict[str, dict], skipped_rows: dict[str, int] | None = None) -> dict:
+    """results.md (the table, with a line counting the bad rows skipped where there were any),
+    results.json and tokens_by_difficulty.png in the run directory."""
     table = results_table(summaries)
+    if any((skipped_rows or {}).values()):
+        table += "\n\nSkipped bad data rows (data.on_bad_row: skip): " + ", ".join(
+            f"{n} in {split}" for split, n in skipped_rows.items()) + "; metrics.jsonl stage 'data' has the counts."
     write_text_atomic(run_dir / "results.md", table + "\n")
     write_text_atomic(run_dir / "results.json", json.dumps(summaries, indent=2, default=str) + "\n")
     plot_tokens_by_difficulty(summaries, run_dir / "tokens_by_difficulty.png")
@@ -170,21 +183,37 @@ def load_policy(config: Config, mesh=None) -> Policy:
     return policy
 
 
-def load_questions(config: Config) -> tuple[list[Example], list[Example], list[Example]]:
-    """(train, eval, few-shot) questions for the configured dataset. No question is in two of them
-    (train and eval may be read from the same file)."""
+class Questions(NamedTuple):
+    """A run's questions, no question in two of the lists (train and eval may come from one file),
+    and how many bad rows `data.on_bad_row: skip` skipped in each split read."""
+
+    train: list[Example]
+    eval: list[Example]
+    fewshot: list[Example]
+    skipped_rows: dict[str, int]
+
+
+def load_questions(config: Config) -> Questions:
+    """The configured dataset's train, eval and few-shot questions."""
     data = config.data
     if data.dataset == "toy":
         from metajax.data.toy import make_splits
         train, held_out = make_splits(data.toy)
         fewshot, train = train[:data.fewshot], train[data.fewshot:]
-        return train, held_out[:data.num_eval], fewshot
+        return Questions(train, held_out[:data.num_eval], fewshot, {})
     from metajax.data.datasets import DatasetSpec, load_dataset, sample_examples
-    def spec(path, split):
-        return DatasetSpec(name=data.dataset, source=data.source, path=path, split=split, seed=config.seed,
+    skipped_rows = {}
+
+    def read(path, split):
+        spec = DatasetSpec(name=data.dataset, source=data.source, path=path, split=split, seed=config.seed,
                            on_bad_row=data.on_bad_row)
-    train = load_dataset(spec(data.train_path, "train")) if data.train_path or data.source != "local" else []
-    held_out = load_dataset(spec(data.eval_path, "test"))
+        skipped = []
+        examples = load_dataset(spec, skipped=skipped)
+        skipped_rows[split] = len(skipped)
+        return examples
+
+    train = read(data.train_path, "train") if data.train_path or data.source != "local" else []
+    held_out = read(data.eval_path, "test")
     fewshot = select_fewshot(data.dataset, train, data.fewshot, where=f" in {data.train_path}" if data.train_path else "")
     # Compared by content: ids name the split they were read as, so one row read twice has two.
     def key(ex):
@@ -194,7 +223,7 @@ def load_questions(config: Config) -> tuple[list[Example], list[Example], list[E
     held_out = [ex for ex in held_out if key(ex) not in shots]
     evaluated = sample_examples(held_out, min(data.num_eval, len(held_out)), config.seed)
     excluded = shots | {key(ex) for ex in evaluated}
-    return [ex for ex in train if key(ex) not in excluded], evaluated, fewshot
+    return Questions([ex for ex in train if key(ex) not in excluded], evaluated, fewshot, skipped_rows)
 
 
 def model_dir(config: Config) -> Path:

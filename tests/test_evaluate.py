@@ -88,3 +88,19 @@ def test_tokens_by_difficulty_plot_keeps_coinciding_methods_visible(tmp_path, mo
     assert [line.get_label() for line in lines] == ["base", "cot", "star", "ram"]
     assert len({(line.get_marker(), line.get_linestyle(), line.get_markersize()) for line in lines}) == 4
     assert all(list(line.get_xdata()) == [1, 2] for line in lines)
+
+
+def test_an_eval_run_counts_the_bad_rows_it_skipped_in_its_metrics_and_results(tmp_path):
+    from metajax import pipelines
+    from metajax.train import read_metrics
+    rows = [json.dumps({"question": f"What is {i} + 1?", "answer": f"#### {i + 1}"}) for i in range(3)]
+    data = tmp_path / "test.jsonl"
+    data.write_text("\n".join([rows[0], '{"question": "no answer"}', rows[1], "not json", rows[2]]) + "\n")
+    run_dir = tmp_path / "run"
+    config = load_config(None, [f"run_dir={run_dir}", "task=eval", "eval.methods=[base]", "eval.max_new_tokens=4",
+                                "data.dataset=gsm8k", f"data.eval_path={data}", "data.on_bad_row=skip",
+                                "data.fewshot=0", "data.num_eval=3", "eval.batch_size=4"])
+    summaries = pipelines.run(config)
+    assert summaries["base"]["n"] == 3
+    assert [r["metrics"] for r in read_metrics(run_dir) if r["stage"] == "data"] == [{"skipped_rows/test": 2.0}]
+    assert "Skipped bad data rows (data.on_bad_row: skip): 2 in test" in (run_dir / "results.md").read_text()

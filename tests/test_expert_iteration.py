@@ -30,7 +30,7 @@ OPTIM = OptimizerConfig(learning_rate=3e-4, schedule="constant", warmup_fraction
 def setup():
     config = load_config(None, ["data.num_eval=8"])
     policy = load_policy(config)
-    train, _, _ = load_questions(config)
+    train = load_questions(config).train
     return policy, train[:TINY.iterations * TINY.questions_per_iteration]
 
 

@@ -53,7 +53,7 @@ def test_questions_from_one_file_are_split_without_overlap(tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     config = load_config(None, ["data.dataset=gsm8k", f"data.train_path={path}", f"data.eval_path={path}",
                                 "data.num_eval=10", "data.fewshot=3"])
-    train, evaluated, shots = load_questions(config)
+    train, evaluated, shots, _ = load_questions(config)
     ids = [{ex.id for ex in part} for part in (train, evaluated, shots)]
     assert [len(part) for part in ids] == [27, 10, 3]
     assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])

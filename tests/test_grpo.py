@@ -165,7 +165,7 @@ def toy():
     from metajax.config import load_config
     from metajax.pipelines import load_policy, load_questions
     config = load_config(None, ["data.num_eval=8"])
-    train, _, _ = load_questions(config)
+    train = load_questions(config).train
     return load_policy(config), train[:64]
 
 

@@ -126,9 +126,12 @@ class LoadResult:
     skipped: tuple[str, ...]
 
 
-def load_dataset(spec: DatasetSpec) -> list[Example]:
-    """The examples `spec` names; skipped bad rows (on_bad_row="skip") are logged with their count."""
+def load_dataset(spec: DatasetSpec, *, skipped: list[str] | None = None) -> list[Example]:
+    """The examples `spec` names; skipped bad rows (on_bad_row="skip") are logged with their count,
+    and their messages appended to `skipped` when given."""
     result = read_dataset(spec)
+    if skipped is not None:
+        skipped.extend(result.skipped)
     if result.skipped:
         logger.warning("%s: skipped %d bad rows; first: %s", spec.name, len(result.skipped),
                        result.skipped[0])
