@@ -118,6 +118,7 @@ def _bad_jsonl(tmp_path: Path) -> Path:
         b'{"question": "Q?", "answer": ',                                      # line 5: invalid JSON
         json.dumps({"question": "Q?", "answer": "no marker"}).encode(),        # line 6: no ####
         json.dumps({"question": "What is 2 + 2?", "answer": "#### 1,004"}).encode(),  # line 7: fine
+        json.dumps({"question": " \n ", "answer": "#### 6"}).encode(),            # line 8: empty question
     ]
     path.write_bytes(b"\n".join(lines) + b"\n")
     return path
@@ -129,6 +130,7 @@ def _bad_jsonl(tmp_path: Path) -> Path:
     (4, ["bad UTF-8"]),
     (5, ["invalid JSON"]),
     (6, ["field 'answer'", "'#### <number>'"]),
+    (8, ["field 'question'", "is empty"]),
 ])
 def test_bad_row_error_names_file_line_and_field(tmp_path, line, words):
     path = _bad_jsonl(tmp_path)
@@ -146,10 +148,10 @@ def test_skip_mode_counts_every_bad_row(tmp_path, caplog):
     result = read_dataset(DatasetSpec("gsm8k", path=str(path), on_bad_row="skip"))
     assert [(ex.id, ex.answer) for ex in result.examples] == [("test-0", "2"), ("test-6", "1004")]
     assert [message.split(": ")[0] for message in result.skipped] == [
-        f"{path} line {n}" for n in (2, 3, 4, 5, 6)]
+        f"{path} line {n}" for n in (2, 3, 4, 5, 6, 8)]
     with caplog.at_level("WARNING"):
         assert len(load_dataset(DatasetSpec("gsm8k", path=str(path), on_bad_row="skip"))) == 2
-    assert "skipped 5 bad rows" in caplog.text
+    assert "skipped 6 bad rows" in caplog.text
 
 
 def test_a_10_mb_row_is_a_bad_row(tmp_path):
