@@ -66,6 +66,10 @@ def _join_distributed() -> None:
     if not is_main_process():
         # Every process runs the same program; the console shows process 0's (errors still show).
         sys.stdout = open(os.devnull, "w")
+    elif jax.default_backend() == "cpu" and jax.local_device_count() > 1:
+        print(f"metajax: warning: {jax.local_device_count()} CPU devices per process; XLA:CPU's gloo collectives "
+              "deadlocked a long run in this setting (README, Multi-host). One device per process is safe.",
+              file=sys.stderr)
 
 
 def _epilog() -> str:
