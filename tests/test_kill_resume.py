@@ -138,7 +138,7 @@ def test_eval_run_killed_anywhere_gives_the_same_results(tmp_path, run_cli):
     uninterrupted = tmp_path / "uninterrupted"
     run_cli([f"run_dir={uninterrupted}", *EVAL])
     killed = tmp_path / "killed"
-    _kill_chain(run_cli, killed, EVAL, [Kill(r"eval base", (0.0, 2.0)), Kill(r"eval cot", (0.0, 0.5))], seed=1)
+    _kill_chain(run_cli, killed, EVAL, [Kill(r"eval base", (0.0, 2.0)), Kill(r"eval direct", (0.0, 0.5))], seed=1)
     assert (killed / "results.json").read_text() == (uninterrupted / "results.json").read_text()
     for method in ("base", "direct", "cot"):
         assert (killed / f"eval_{method}.jsonl").read_text() == (uninterrupted / f"eval_{method}.jsonl").read_text()
