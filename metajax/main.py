@@ -85,8 +85,8 @@ def _epilog() -> str:
              "",
              "a run writes into its run_dir: results.md and results.json (the table), figures, metrics.jsonl,",
              "each evaluated completion, and one directory per trained method (checkpoints, rows, final policy).",
-             "Rerunning the same command resumes from the checkpoints there; a second run on a run_dir in use",
-             "is refused."]
+             "Rerunning the same command resumes from the checkpoints there and keeps the evaluations already",
+             "finished; a second run on a run_dir in use is refused."]
     if shipped:
         lines += ["", f"shipped configs ({configs}/):"] + [f"  {name}" for name in shipped]
     return "\n".join(lines)

@@ -24,7 +24,7 @@ from metajax.algorithms.expert_iteration import run_expert_iteration
 from metajax.algorithms.grpo import run_grpo
 from metajax.data.example import Example
 from metajax.data.fewshot import select_fewshot
-from metajax.eval.evaluate import evaluate, plot_tokens_by_difficulty, results_table, summarize, write_records
+from metajax.eval.evaluate import FinishedEvaluations, evaluate, plot_tokens_by_difficulty, results_table, summarize
 from metajax.files import run_lock, write_text_atomic
 from metajax.host import is_main_process, sync
 from metajax.models import load_hf, save_hf
@@ -90,21 +90,40 @@ def evaluate_methods(config: Config, run_dir: Path, questions: Sequence[Example]
     """Evaluates each of `config.eval.methods`: the prompting baselines ("base", "direct", "cot")
     prompt `base` after the `fewshot` examples (the paper's few-shot baselines); the trained methods
     are the policies in `trained`, fine-tuned on the format, choosing for themselves, zero-shot.
-    Writes `eval_<method>.jsonl`; returns summaries."""
+    Writes `eval_<method>.jsonl`; a rerun of the same config reuses the methods already written
+    (training is deterministic: the same config trains the same params, `tests/test_kill_resume.py`).
+    Returns summaries."""
+    finished = FinishedEvaluations(run_dir, _settings(config))
     summaries = {}
     for name in config.eval.methods:
         method = METHODS[name]
         baseline = method.train is None
-        records = evaluate(base if baseline else trained[name], questions, prompting=method.prompting,
-                           max_new_tokens=config.eval.max_new_tokens, batch_size=config.eval.batch_size,
-                           fewshot=fewshot if baseline else (), mesh=mesh, desc=f"eval {name}")
-        write_records(run_dir / f"eval_{name}.jsonl", records)
+        records = finished.records(name)
+        if records is not None:
+            print(f"[eval] {name}: reusing eval_{name}.jsonl, written by an earlier run of this config")
+        else:
+            records = evaluate(base if baseline else trained[name], questions, prompting=method.prompting,
+                               max_new_tokens=config.eval.max_new_tokens, batch_size=config.eval.batch_size,
+                               fewshot=fewshot if baseline else (), mesh=mesh, desc=f"eval {name}")
+            finished.finished(name, records)
         summaries[name] = summarize(records)
         if metrics is not None:
             scalars = {k: v for k, v in summaries[name].items() if not isinstance(v, dict)}
             scalars.update({f"failure/{kind}": rate for kind, rate in summaries[name]["failures"].items()})
             metrics.write(0, scalars, stage=f"eval/{name}")
     return summaries
+
+
+def _settings(config: Config) -> str:
+    """What decides a run's evaluations: its config (but where it writes) and the model files it
+    starts from (a checkpoint replaced under the same path changes their sizes or times)."""
+    if config.model.gguf is not None:
+        from metajax.config import gguf_file
+        files = [gguf_file(config.model.gguf)]
+    else:
+        files = sorted(p for p in model_dir(config).glob("*") if p.is_file())
+    stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    return json.dumps([{**dataclasses.asdict(config), "run_dir": None}, stats], default=str, sort_keys=True)
 
 
 def _train_expert_iteration(config: Config, base: Policy, questions, out_dir: Path, *, filter: str, metrics,

@@ -104,3 +104,30 @@ def test_an_eval_run_counts_the_bad_rows_it_skipped_in_its_metrics_and_results(t
     assert summaries["base"]["n"] == 3
     assert [r["metrics"] for r in read_metrics(run_dir) if r["stage"] == "data"] == [{"skipped_rows/test": 2.0}]
     assert "Skipped bad data rows (data.on_bad_row: skip): 2 in test" in (run_dir / "results.md").read_text()
+
+
+def test_finished_evaluations_are_reused_only_under_the_same_settings(tmp_path):
+    from metajax.eval.evaluate import FinishedEvaluations, read_records
+    records = [evaluation._record(_completion("[Assistant] A\n"), ARC, "[User] Which is a mammal?\n", chat=False)]
+    FinishedEvaluations(tmp_path, "settings 1").finished("cot", records)
+    assert read_records(tmp_path / "eval_cot.jsonl") == records
+    assert FinishedEvaluations(tmp_path, "settings 1").records("cot") == records
+    assert FinishedEvaluations(tmp_path, "settings 2").records("cot") is None  # another config or model
+    assert FinishedEvaluations(tmp_path, "settings 1").records("base") is None  # never finished
+    (tmp_path / "eval_cot.jsonl").unlink()
+    assert FinishedEvaluations(tmp_path, "settings 1").records("cot") is None
+
+
+def test_run_settings_change_with_the_config_and_the_model_files(tmp_path):
+    import shutil
+
+    from metajax.pipelines import TOY_MODEL_DIR, _settings
+    model = tmp_path / "model"
+    shutil.copytree(TOY_MODEL_DIR, model)
+    config = load_config(None, [f"model.path={model}", "run_dir=a"])
+    assert _settings(config) == _settings(load_config(None, [f"model.path={model}", "run_dir=b"]))
+    assert _settings(config) != _settings(load_config(None, [f"model.path={model}", "eval.max_new_tokens=9"]))
+    before = _settings(config)
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes())  # the same path, rewritten: a new checkpoint
+    assert _settings(config) != before

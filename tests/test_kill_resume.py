@@ -138,7 +138,10 @@ def test_eval_run_killed_anywhere_gives_the_same_results(tmp_path, run_cli):
     uninterrupted = tmp_path / "uninterrupted"
     run_cli([f"run_dir={uninterrupted}", *EVAL])
     killed = tmp_path / "killed"
-    _kill_chain(run_cli, killed, EVAL, [Kill(r"eval base", (0.0, 2.0)), Kill(r"eval direct", (0.0, 0.5))], seed=1)
+    console = _kill_chain(run_cli, killed, EVAL, [Kill(r"eval base", (0.0, 2.0)), Kill(r"eval direct", (0.0, 0.5))],
+                          seed=1)
+    # Killed while evaluating `direct`, the run had written `base`'s completions: the rerun reuses them.
+    assert "[eval] base: reusing eval_base.jsonl" in console and "[eval] direct: reusing" not in console
     assert (killed / "results.json").read_text() == (uninterrupted / "results.json").read_text()
     for method in ("base", "direct", "cot"):
         assert (killed / f"eval_{method}.jsonl").read_text() == (uninterrupted / f"eval_{method}.jsonl").read_text()

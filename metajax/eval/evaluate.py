@@ -13,7 +13,9 @@ token budget ran out).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
+import json
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,7 +23,7 @@ from pathlib import Path
 from metajax.data.example import Example
 from metajax.data.graders import extract_answer, grade_example, split_ram_completion
 from metajax.data.formats import ANSWER_MARKER, THOUGHT_CLOSE, THOUGHT_OPEN, USER_MARKER
-from metajax.files import write_jsonl_atomic, writing
+from metajax.files import write_jsonl_atomic, write_text_atomic, writing
 from metajax.host import is_main_process
 from metajax.sampling.policy import Policy
 from metajax.sampling.rollouts import Completion, complete
@@ -178,3 +180,37 @@ def save_figure(fig, path: Path) -> Path:
 def write_records(path: Path, records: Sequence[EvalRecord]) -> None:
     """Every evaluated completion as JSONL (atomically)."""
     write_jsonl_atomic(path, (dataclasses.asdict(r) for r in records))
+
+
+def read_records(path: Path) -> list[EvalRecord]:
+    """The records `write_records` wrote."""
+    return [EvalRecord(**json.loads(line)) for line in Path(path).read_text().splitlines() if line]
+
+
+class FinishedEvaluations:
+    """Which methods' `eval_<method>.jsonl` a run directory already holds from a run of the same
+    settings (`.eval_finished.json`: method -> fingerprint), so that a rerun of a killed run
+    evaluates only what is left. Read once, on creation: every process of a multi-process run takes
+    the same decisions from the same snapshot, and process 0 alone writes."""
+
+    def __init__(self, run_dir: Path, settings: str):
+        self.run_dir, self.settings = Path(run_dir), settings
+        self.path = self.run_dir / ".eval_finished.json"
+        self._finished = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        self._snapshot = dict(self._finished)
+
+    def _fingerprint(self, method: str) -> str:
+        return hashlib.sha256(f"{method}\n{self.settings}".encode()).hexdigest()
+
+    def records(self, method: str) -> list[EvalRecord] | None:
+        """The method's records from an earlier run of these settings, or None."""
+        path = self.run_dir / f"eval_{method}.jsonl"
+        if self._snapshot.get(method) != self._fingerprint(method) or not path.is_file():
+            return None
+        return read_records(path)
+
+    def finished(self, method: str, records: Sequence[EvalRecord]) -> None:
+        """Writes the method's records, then marks them finished."""
+        write_records(self.run_dir / f"eval_{method}.jsonl", records)
+        self._finished[method] = self._fingerprint(method)
+        write_text_atomic(self.path, json.dumps(self._finished, indent=1) + "\n")
