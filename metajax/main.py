@@ -68,8 +68,8 @@ def _join_distributed() -> None:
         sys.stdout = open(os.devnull, "w")
     elif jax.default_backend() == "cpu" and jax.local_device_count() > 1:
         print(f"metajax: warning: {jax.local_device_count()} CPU devices per process; XLA:CPU's gloo collectives "
-              "deadlocked a long run in this setting (README, Multi-host). One device per process is safe.",
-              file=sys.stderr)
+              "deadlocked a long run in this setting on the FSDP mesh (README, Multi-host). One device per process, "
+              "or mesh.fsdp=1 with mesh.data=-1, finished it.", file=sys.stderr)
 
 
 def _epilog() -> str:
