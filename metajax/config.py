@@ -10,6 +10,7 @@ and the fix, before anything is compiled or written.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import types
@@ -366,16 +367,14 @@ def check_generation_fits(config: Config) -> None:
     if config.model.gguf is not None or config.task in ("toy_pretrain", "convert") or not model_config.is_file():
         return
     context = json.loads(model_config.read_text()).get("max_position_embeddings")
-    methods = set(config.eval.methods) | {config.task}
-    lengths = {"grpo.max_completion_length": config.grpo.max_completion_length} if config.task == "roi" else {}
+    keys = ["grpo.max_completion_length"] if config.task == "roi" else []
     if config.task in METHODS or config.task == "eval":
-        lengths["eval.max_new_tokens"] = config.eval.max_new_tokens
-    if config.task in METHODS and methods & {"star", "ram"}:
-        lengths["expert_iteration.max_new_tokens"] = config.expert_iteration.max_new_tokens
-    if config.task in METHODS and "grpo" in methods:
-        lengths["grpo.max_completion_length"] = config.grpo.max_completion_length
-    for key, length in lengths.items():
+        keys.append("eval.max_new_tokens")
+    if config.task in METHODS:  # a training task trains the task's method and every trained method it evaluates
+        trained = [METHODS[m] for m in dict.fromkeys([*config.eval.methods, config.task]) if m in METHODS]
+        keys += dict.fromkeys(m.rollout_length for m in trained if m.rollout_length)
+    for key in keys:
+        length = functools.reduce(getattr, key.split("."), config)
         if isinstance(context, int) and length >= context:
             raise ConfigError(f"{key}: {length} new tokens leave no room for a prompt in the model's context of "
                               f"{context} positions ({model_config}); lower it so that prompt and completion fit")
-

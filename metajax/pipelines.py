@@ -146,11 +146,13 @@ class Method:
 
     prompting: how its completions open (`metajax.data.formats.FORCED_OPENINGS`: "policy" lets the
       model choose). train: the loop that trains it from the base policy, or None for a prompting
-      baseline of the base model itself.
+      baseline of the base model itself. rollout_length: the config key of the training loop's
+      generation length (checked against the model's context before a run).
     """
 
     prompting: str
     train: Callable[..., Policy] | None = None
+    rollout_length: str | None = None
 
 
 # The one registry of evaluation methods, in the order results tables list them.
@@ -158,9 +160,10 @@ METHODS: dict[str, Method] = {
     "base": Method("policy"),  # the base model left to itself
     "direct": Method("direct"),
     "cot": Method("cot"),
-    "star": Method("policy", functools.partial(_train_expert_iteration, filter="star")),
-    "ram": Method("policy", functools.partial(_train_expert_iteration, filter="ram")),
-    "grpo": Method("policy", _train_grpo),
+    "star": Method("policy", functools.partial(_train_expert_iteration, filter="star"),
+                   "expert_iteration.max_new_tokens"),
+    "ram": Method("policy", functools.partial(_train_expert_iteration, filter="ram"), "expert_iteration.max_new_tokens"),
+    "grpo": Method("policy", _train_grpo, "grpo.max_completion_length"),
 }
 
 

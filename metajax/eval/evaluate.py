@@ -190,14 +190,13 @@ def read_records(path: Path) -> list[EvalRecord]:
 class FinishedEvaluations:
     """Which methods' `eval_<method>.jsonl` a run directory already holds from a run of the same
     settings (`.eval_finished.json`: method -> fingerprint), so that a rerun of a killed run
-    evaluates only what is left. Read once, on creation: every process of a multi-process run takes
-    the same decisions from the same snapshot, and process 0 alone writes."""
+    evaluates only what is left. Read once, on creation, then kept in memory: every process of a
+    multi-process run takes the same decisions, and process 0 alone writes."""
 
     def __init__(self, run_dir: Path, settings: str):
         self.run_dir, self.settings = Path(run_dir), settings
         self.path = self.run_dir / ".eval_finished.json"
         self._finished = json.loads(self.path.read_text()) if self.path.is_file() else {}
-        self._snapshot = dict(self._finished)
 
     def _fingerprint(self, method: str) -> str:
         return hashlib.sha256(f"{method}\n{self.settings}".encode()).hexdigest()
@@ -205,7 +204,7 @@ class FinishedEvaluations:
     def records(self, method: str) -> list[EvalRecord] | None:
         """The method's records from an earlier run of these settings, or None."""
         path = self.run_dir / f"eval_{method}.jsonl"
-        if self._snapshot.get(method) != self._fingerprint(method) or not path.is_file():
+        if self._finished.get(method) != self._fingerprint(method) or not path.is_file():
             return None
         return read_records(path)
 
