@@ -235,6 +235,15 @@ def test_linear_schedule_matches_transformers_formula():
                                    rtol=1e-6, atol=1e-15)
 
 
+def test_a_one_update_run_trains_at_the_peak_rate():
+    # ceil(0.05 * 1) = 1 warm-up update would be the whole run, at lr 0.
+    for kind in ("linear", "constant", "cosine"):
+        schedule = make_schedule(OptimizerConfig(learning_rate=1e-5, schedule=kind, warmup_fraction=0.05), 1)
+        assert float(schedule(0)) == pytest.approx(1e-5)
+    two = make_schedule(OptimizerConfig(learning_rate=1e-5, warmup_fraction=0.05), 2)
+    assert [float(two(s)) for s in (0, 1)] == pytest.approx([0.0, 1e-5])
+
+
 def test_constant_and_cosine_schedules():
     constant = make_schedule(OptimizerConfig(learning_rate=2.0, schedule="constant", warmup_fraction=0.0), 10)
     assert [float(constant(s)) for s in (0, 5, 10)] == [2.0, 2.0, 2.0]

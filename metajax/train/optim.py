@@ -69,10 +69,14 @@ def make_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformation:
 
 
 def make_schedule(cfg: OptimizerConfig, total_steps: int) -> optax.Schedule:
-    """Learning rate as a function of the update count (0 for the first update)."""
+    """Learning rate as a function of the update count: transformers' warm-up from 0 (the first update
+    of a warm-up is at lr 0), then the schedule's decay.
+
+    The warm-up never takes the whole run: a run of one update (a small expert-iteration round) would
+    otherwise train at lr 0 and change nothing."""
     if total_steps < 1:
         raise ValueError(f"total_steps={total_steps} must be >= 1 (is the training set empty?)")
-    warmup = min(total_steps, math.ceil(cfg.warmup_fraction * total_steps))
+    warmup = min(total_steps - 1, math.ceil(cfg.warmup_fraction * total_steps))
     peak, decay_steps = cfg.learning_rate, max(1, total_steps - warmup)
     after_warmup = {
         "linear": optax.linear_schedule(peak, 0.0, decay_steps),
