@@ -15,6 +15,14 @@ discounting the causal half (dense masked attention computes it anyway).
     python benchmarks/score.py --small          # smoke run in seconds
     python benchmarks/score.py --dtype bfloat16 # on a GPU: bf16 against a bf16 matmul probe
     python benchmarks/score.py --gpu-report --batch 16 --seq 1024  # on a GPU: ~1B Llama, bf16 MFU
+    python benchmarks/score.py --ram-workload   # RaM's VOC scoring: shared prompts, against full sequences
+
+RaM workload (`--ram-workload`): what one expert-iteration round scores per question, for
+`--batch` questions (default 16): a few-shot prompt of ~400 tokens, K = 3 sampled chains of ~100
+tokens and an answer of 8, each answer scored after its chain and after no chain (4 distinct
+sequences a question). metajax's `chain_logprobs` runs each prompt once and its 4 continuations after
+it (`metajax.models.score_continuations`); transformers scores the 4 full sequences, 16 to a batch,
+right-padded.
 
 GPU report (`--gpu-report`): metajax alone scores chains with a ~1B Llama (Llama-3.2-1B shapes,
 random weights, bf16) and prints its model FLOP utilisation against the measured matmul probe and,
@@ -36,7 +44,7 @@ from benchmarks.common import (DTYPES, GPU_LLAMA, SMALL_LLAMA, benchmark_parser,
                                format_table, machine_summary, matmul_flops_per_second, reference_config, time_calls,
                                torch_device, use_all_cores)
 from metajax.models import ModelConfig, init_params
-from metajax.models.logprobs import sequence_logprobs
+from metajax.models.logprobs import chain_logprobs, sequence_logprobs
 
 # Largest |metajax - transformers| tolerated, relative to the largest |score|: float32 sums of a
 # few hundred log-probs agree to ~1e-6; bfloat16 activations round at ~4e-3 per op.
@@ -49,11 +57,16 @@ def main(argv: list[str] | None = None) -> None:
                         help="side of the square matmul probe (default 2048 on CPU, 8192 elsewhere)")
     parser.add_argument("--gpu-report", action="store_true",
                         help="metajax alone: ~1B Llama bf16 chain scoring and its model FLOP utilisation")
+    parser.add_argument("--ram-workload", action="store_true",
+                        help="RaM's scoring: --batch questions x (K = 3 chains + the direct answer), shared prompts")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the chip's peak in the benchmark dtype, for --gpu-report (H100 SXM bf16 dense: 989)")
     args = parser.parse_args(argv)
-    if args.gpu_report and "--dtype" not in (argv if argv is not None else sys.argv[1:]):
+    given = argv if argv is not None else sys.argv[1:]
+    if args.gpu_report and "--dtype" not in given:
         args.dtype = "bfloat16"
+    if args.ram_workload and "--batch" not in given:
+        args.batch = 16  # questions
     check_args(args)
     if args.seq < 2:
         raise ValueError(f"--seq must be at least 2 (position 0 cannot be a target), got {args.seq}")
@@ -64,6 +77,9 @@ def main(argv: list[str] | None = None) -> None:
         gpu_report(args)
         return
 
+    if args.ram_workload:
+        ram_workload(args)
+        return
     import torch
 
     threads = use_all_cores()
@@ -124,6 +140,70 @@ def main(argv: list[str] | None = None) -> None:
     ratio = timings["transformers"].median / timings["metajax"].median
     print(f"\nmetajax / transformers throughput: {ratio:.3g}x "
           f"(median of {args.repeats} interleaved calls each)")
+
+
+def ram_workload(args, *, prompt_len: int = 400, chain_len: int = 100, answer_len: int = 8, k: int = 3,
+                 torch_batch: int = 16) -> None:
+    """RaM's VOC scoring of `args.batch` questions (see the module docstring), metajax against
+    transformers on the same weights and sequences."""
+    import torch
+
+    threads = use_all_cores()
+    cfg = reference_config(small=args.small, size=args.size)
+    hf_model, params, cfg = build_twin_models(cfg, args.dtype, seed=args.seed)
+    rng = np.random.default_rng(args.seed)
+
+    def draw(mean):  # a ragged length within 10% of `mean`
+        return rng.integers(1, cfg.vocab_size, int(rng.integers(mean * 9 // 10, mean * 11 // 10 + 1))).tolist()
+
+    questions = [(draw(prompt_len), [draw(chain_len) for _ in range(k)], draw(answer_len)) for _ in range(args.batch)]
+    prompts = [prompt for prompt, chains, _ in questions for _ in chains]
+    thoughts = [chain for _, chains, _ in questions for chain in chains]
+    answers = [answer for _, chains, answer in questions for _ in chains]
+    # The distinct sequences RaM needs: each chain's, and each question's direct answer once.
+    sequences = [(prompt + chain + answer, len(prompt) + len(chain)) for prompt, chains, answer in questions
+                 for chain in chains] + [(prompt + answer, len(prompt)) for prompt, _, answer in questions]
+
+    print(machine_summary())
+    print(f"torch {torch.__version__} on {torch_device()}, torch.get_num_threads() = {threads}")
+    print(f"model: Llama, {cfg.num_params:,} parameters (hidden {cfg.hidden_size}, {cfg.num_layers} layers, "
+          f"vocab {cfg.vocab_size}), {args.dtype}")
+    print(f"workload: {args.batch} questions x (K = {k} chains + the direct answer): prompts ~{prompt_len}, chains "
+          f"~{chain_len}, answers ~{answer_len} tokens; {len(sequences)} sequences, "
+          f"{sum(len(t) for t, _ in sequences):,} tokens in all")
+
+    def run_metajax():
+        return chain_logprobs(params, cfg, prompts, thoughts, answers, batch_size=64)  # numpy: waits
+
+    def run_transformers():
+        scores = []
+        for start in range(0, len(sequences), torch_batch):
+            chunk = sequences[start:start + torch_batch]
+            length = max(len(t) for t, _ in chunk)
+            tokens = np.zeros((len(chunk), length), np.int64)
+            attention = np.zeros((len(chunk), length), np.int64)
+            targets = np.zeros((len(chunk), length), bool)
+            for i, (t, context) in enumerate(chunk):
+                tokens[i, :len(t)], attention[i, :len(t)], targets[i, context:len(t)] = t, 1, True
+            scores.append(transformers_sequence_logprobs(hf_model, torch.from_numpy(tokens),
+                                                         torch.from_numpy(targets), torch.from_numpy(attention)))
+        return np.concatenate(scores)
+
+    (with_chain, direct), theirs = run_metajax(), run_transformers()  # also compiles metajax
+    n_chains = len(thoughts)
+    ours = np.concatenate([with_chain, direct[::k]])
+    diff = float(np.max(np.abs(ours - theirs)))
+    print(f"agreement: max |metajax - transformers| = {diff:.3g} over scores of magnitude up to "
+          f"{np.max(np.abs(theirs)):.4g} ({n_chains} with a chain, {args.batch} direct)")
+    if not diff <= AGREEMENT[args.dtype] * np.max(np.abs(theirs)):
+        raise SystemExit(f"metajax and transformers disagree (max abs diff {diff:.3g}); not timing")
+    timings = time_calls({"metajax": run_metajax, "transformers": run_transformers},
+                         warmup=args.warmup, repeats=args.repeats)
+    print(format_table(("system", "median s", "spread", "questions/s"),
+                       [(name, t.median, f"{t.spread:.1%}", args.batch / t.median) for name, t in timings.items()]))
+    ratio = timings["transformers"].median / timings["metajax"].median
+    print(f"\nmetajax / transformers, RaM scoring workload: {ratio:.3g}x (target >= 2x; median of {args.repeats} "
+          f"interleaved calls each)")
 
 
 def useful_flops(cfg: ModelConfig, batch: int, seq: int, targets: int) -> float:

@@ -9,7 +9,8 @@ from metajax.batching import bucket, length_bucket, pad_rows
 from metajax.models import load_hf
 from metajax.models import forward, init_params
 from metajax.models.config import ModelConfig
-from metajax.models.logprobs import chain_logprobs, score_sequences, sequence_logprobs, token_logprobs
+from metajax.models.logprobs import (chain_logprobs, score_continuations, score_sequences, sequence_logprobs,
+                                     token_logprobs)
 
 # Sums over up to 54 targets agree with transformers to a few 1e-5 (float32 logits within 1e-4 at
 # worst); 1e-3 leaves room for that, while scoring the wrong position or token moves a sum by O(1).
@@ -127,6 +128,61 @@ def test_score_sequences_over_several_batches(llama3):
 
     expected = [_reference_token_logprobs(ckpt, tokens)[mask].sum() for tokens, mask in sequences]
     np.testing.assert_allclose(ours, expected, atol=ATOL, rtol=0)
+
+
+def test_shared_prefix_scores_match_transformers_on_the_whole_sequences(llama3):
+    """Five prefixes (1 to 90 tokens) with 1 to 4 continuations each, in calls of two groups (so the last
+    call pads a group and candidates), targets from a continuation's first token on or later: each
+    sum equals transformers' over prefix + continuation, and `score_sequences` on the same rows."""
+    ckpt, params, cfg = llama3
+    rng = np.random.default_rng(4)
+    groups = []
+    for prefix_len, count in zip((1, 90, 17, 40, 5), (4, 1, 3, 2, 4)):
+        continuations = []
+        for _ in range(count):
+            n = int(rng.integers(1, 30))
+            mask = np.zeros(n, bool)
+            mask[int(rng.integers(0, n)):] = True
+            continuations.append((rng.integers(1, cfg.vocab_size, n).tolist(), mask.tolist()))
+        groups.append((rng.integers(1, cfg.vocab_size, prefix_len).tolist(), continuations))
+
+    ours = score_continuations(params, cfg, groups, batch_size=8)
+
+    whole = [(prefix + tokens, [False] * len(prefix) + mask) for prefix, conts in groups for tokens, mask in conts]
+    expected = [_reference_token_logprobs(ckpt, tokens)[mask].sum() for tokens, mask in whole]
+    assert [len(x) for x in ours] == [len(conts) for _, conts in groups]
+    np.testing.assert_allclose(np.concatenate(ours), expected, atol=ATOL, rtol=0)
+    np.testing.assert_allclose(np.concatenate(ours), score_sequences(params, cfg, whole), atol=1e-4, rtol=0)
+
+
+def test_chain_logprobs_share_a_prompt_across_its_chains(llama3):
+    """RaM's group: K = 3 chains of one question and one chain of another; each question's prompt and
+    direct answer run once, and every score is still its own sequence's."""
+    ckpt, params, cfg = llama3
+    rng = np.random.default_rng(5)
+    question, other = rng.integers(1, cfg.vocab_size, 20).tolist(), rng.integers(1, cfg.vocab_size, 9).tolist()
+    prompts = [question, question, question, other]
+    thoughts = [rng.integers(1, cfg.vocab_size, n).tolist() for n in (6, 11, 0, 4)]
+    answers = [[7, 8], [7, 8], [7, 8], [9]]
+
+    with_chain, without = chain_logprobs(params, cfg, prompts, thoughts, answers, direct_thought=[3], batch_size=4)
+
+    np.testing.assert_allclose(with_chain, [_reference_logprob(ckpt, p + t, a) for p, t, a in
+                                            zip(prompts, thoughts, answers)], atol=ATOL, rtol=0)
+    np.testing.assert_allclose(without, [_reference_logprob(ckpt, p + [3], a) for p, a in zip(prompts, answers)],
+                               atol=ATOL, rtol=0)
+    assert without[0] == without[1] == without[2]
+
+
+@pytest.mark.parametrize("groups,message", [
+    ([([], [([1], [True])])], "group 0: the prefix is empty"),
+    ([([1], [([1, 2], [True])])], "group 0, continuation 0: 2 tokens but a target mask of 1"),
+    ([([1], [([1], [True])]), ([1], [([1], [True]), ([2], [False])])], "group 1, continuation 1 has no target"),
+])
+def test_score_continuations_rejects_bad_inputs(llama3, groups, message):
+    _, params, cfg = llama3
+    with pytest.raises(ValueError, match=message):
+        score_continuations(params, cfg, groups)
 
 
 @pytest.mark.parametrize("prompts,thoughts,answers,message", [

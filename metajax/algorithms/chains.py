@@ -18,7 +18,7 @@ import numpy as np
 from metajax.data.example import Example
 from metajax.data.formats import THOUGHT_CLOSE, THOUGHT_OPEN
 from metajax.data.token_spans import encode_ram
-from metajax.models.logprobs import score_sequences
+from metajax.models.logprobs import score_continuations
 from metajax.sampling.policy import Policy
 from metajax.sampling.rollouts import tokens_within
 
@@ -86,25 +86,28 @@ def score_chains(policy: Policy, questions: Sequence[Example], chains: Sequence[
       fewshot: the blocks x starts with (the rollout prompt's shots).
     """
     pieces = {i: answer_pieces(policy, questions[i], fewshot) for i in sorted({c[0] for c in chains})}
-    needs_direct = sorted({i for i, thought, _ in chains if thought != ()})
-    sequences = [_scored(pieces[i].prompt, (), pieces[i]) for i in needs_direct]
-    scored_chains = [n for n, (_, thought, _) in enumerate(chains) if thought]
-    sequences += [_scored(pieces[chains[n][0]].prompt, chains[n][1], pieces[chains[n][0]]) for n in scored_chains]
-    logp = (score_sequences(policy.params, policy.cfg, sequences, pad_id=policy.pad_id, batch_size=batch_size)
-            if sequences else np.zeros(0, np.float32))
-    direct_of = dict(zip(needs_direct, logp[:len(needs_direct)]))
+    # One group per question that has a thought: its prompt x runs once, then the direct answer (slot 0)
+    # and each of its sampled chains after it.
+    groups = {i: [_continuation((), pieces[i])] for i in sorted({i for i, thought, _ in chains if thought != ()})}
+    slots = {}
+    for n, (i, thought, _) in enumerate(chains):
+        if thought:
+            slots[n] = len(groups[i])
+            groups[i].append(_continuation(thought, pieces[i]))
+    scored = dict(zip(groups, score_continuations(policy.params, policy.cfg,
+                                                  [(pieces[i].prompt, continuations) for i, continuations in groups.items()],
+                                                  pad_id=policy.pad_id, batch_size=batch_size)))
     with_chain = np.zeros(len(chains), np.float32)
     direct = np.zeros(len(chains), np.float32)
     lengths = np.zeros(len(chains), np.int32)
     for n, (i, thought, length) in enumerate(chains):
         if thought == ():
             continue
-        direct[n] = direct_of[i]
+        direct[n] = scored[i][0]
         if thought is None:
             with_chain[n], lengths[n] = -np.inf, length
         else:
-            lengths[n] = len(thought)
-    with_chain[scored_chains] = logp[len(needs_direct):]
+            with_chain[n], lengths[n] = scored[i][slots[n]], len(thought)
     return ChainScores(logp_with_chain=with_chain, logp_direct=direct, chain_tokens=lengths)
 
 
@@ -118,8 +121,8 @@ def training_row(policy: Policy, question: Example, thought: tuple[int, ...]) ->
     return list(pieces.prompt) + completion, [False] * len(pieces.prompt) + [True] * len(completion)
 
 
-def _scored(prompt: tuple[int, ...], thought: tuple[int, ...], pieces: AnswerPieces) -> tuple[list[int], list[bool]]:
-    context = list(prompt) + list(thought)
-    mask = [False] * (len(context) + pieces.target_start) + [True] * (len(pieces.answer) - pieces.target_start)
-    return context + list(pieces.answer), mask
-
+def _continuation(thought: tuple[int, ...], pieces: AnswerPieces) -> tuple[list[int], list[bool]]:
+    """(tokens, target mask) of the thought and the answer block after the prompt: the answer's scored
+    span is the target."""
+    context = len(thought) + pieces.target_start
+    return list(thought) + list(pieces.answer), [False] * context + [True] * (len(pieces.answer) - pieces.target_start)

@@ -3,7 +3,8 @@
 from metajax.models.config import (SUPPORTED_MODEL_TYPES, ModelConfig, RopeScaling, UnsupportedModelError,
                                    config_from_hf, config_to_hf)
 from metajax.models.hf_io import CheckpointError, load_hf, params_from_hf_tensors, save_hf
-from metajax.models.logprobs import chain_logprobs, score_sequences, sequence_logprobs, token_logprobs
+from metajax.models.logprobs import (chain_logprobs, score_continuations, score_sequences, sequence_logprobs,
+                                     shared_prefix_logprobs, token_logprobs)
 from metajax.models.sharding import MeshConfig, make_mesh
 from metajax.models.transformer import (REMAT_POLICIES, KVCache, Params, abstract_params, cast_params, decode_step,
                                         forward, init_params, param_specs, prefill)
@@ -20,5 +21,5 @@ __all__ = [
     "SUPPORTED_MODEL_TYPES", "ModelConfig", "RopeScaling", "UnsupportedModelError", "config_from_hf",
     "config_to_hf", "CheckpointError", "load_hf", "params_from_hf_tensors", "save_hf", "MeshConfig",
     "make_mesh", "REMAT_POLICIES", "abstract_params", "cast_params", "KVCache", "Params", "chain_logprobs",
-    "decode_step", "forward", "init_params", "param_specs", "prefill", "score_sequences", "sequence_logprobs", "token_logprobs", "load_gguf",
+    "decode_step", "forward", "init_params", "param_specs", "prefill", "score_continuations", "score_sequences", "sequence_logprobs", "shared_prefix_logprobs", "token_logprobs", "load_gguf",
 ]

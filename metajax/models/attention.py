@@ -141,3 +141,40 @@ def decode_attention(q, k_self, v_self, prompt_keys_t, prompt_values, prompt_mas
     out = (out_prompt + jnp.einsum("bngrs,bngsk->bngrk", (e_gen / total).astype(dtype), gen_values.astype(dtype))
            + (e_self / total).astype(dtype) * v_self[:, :, :, None, :])
     return out.reshape(b, n, hq, hd)
+
+
+def prefix_attention(q, k_self, v_self, prefix_keys_t, prefix_values, prefix_mask, allowed_self):
+    """Attention of C continuations of each prefix over [their shared prefix | their own earlier tokens].
+
+    The prefix's keys and values were computed once (`metajax.models.continuation_hidden`); the C x L
+    queries of a prefix's continuations ride along the rows of one product with its keys, as the n
+    samples of `decode_attention` do, and both parts are softmaxed through one shared maximum.
+
+    Args:
+      q: [b, c, l, q_heads, hd]; k_self, v_self: [b, c, l, kv_heads, hd], the continuations' own.
+      prefix_keys_t: [b, kv_heads, hd, p]; prefix_values: [b, kv_heads, p, hd].
+      prefix_mask: bool[b, p].
+      allowed_self: bool[b, c, l, l], which of its own continuation's keys each query sees.
+    Returns:
+      [b, c, l, q_heads, hd] in q's dtype.
+    """
+    b, c, l, hq, hd = q.shape
+    g = k_self.shape[3]
+    r = hq // g
+    dtype, f32 = q.dtype, jnp.float32
+    q = q.reshape(b, c, l, g, r, hd)
+    q_prefix = q.transpose(0, 3, 1, 2, 4, 5).reshape(b, g, c * l * r, hd)
+    s_prefix = jnp.einsum("bgqk,bgkp->bgqp", q_prefix, prefix_keys_t.astype(dtype), preferred_element_type=f32)
+    s_prefix = s_prefix.reshape(b, g, c, l, r, -1).transpose(0, 2, 1, 4, 3, 5)  # [b, c, g, r, l, p]
+    s_self = jnp.einsum("bcqgrk,bcsgk->bcgrqs", q, k_self, preferred_element_type=f32)  # [b, c, g, r, l, l]
+    scale = 1.0 / math.sqrt(hd)
+    s_prefix = jnp.where(prefix_mask[:, None, None, None, None, :], s_prefix * scale, MASKED)
+    s_self = jnp.where(allowed_self[:, :, None, None], s_self * scale, MASKED)
+    top = jnp.maximum(jnp.max(s_prefix, -1, keepdims=True), jnp.max(s_self, -1, keepdims=True))
+    e_prefix, e_self = jnp.exp(s_prefix - top), jnp.exp(s_self - top)
+    total = jnp.sum(e_prefix, -1, keepdims=True) + jnp.sum(e_self, -1, keepdims=True)
+    p_prefix = (e_prefix / total).astype(dtype).transpose(0, 2, 1, 4, 3, 5).reshape(b, g, c * l * r, -1)
+    out_prefix = jnp.einsum("bgqp,bgpk->bgqk", p_prefix, prefix_values.astype(dtype))
+    out_prefix = out_prefix.reshape(b, g, c, l, r, hd).transpose(0, 2, 3, 1, 4, 5)  # [b, c, l, g, r, hd]
+    out_self = jnp.einsum("bcgrqs,bcsgk->bcqgrk", (e_self / total).astype(dtype), v_self)
+    return (out_prefix + out_self).reshape(b, c, l, hq, hd)

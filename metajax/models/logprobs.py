@@ -18,10 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from metajax.batching import bucket, pad_rows
+from metajax.batching import bucket, length_bucket, pad_rows
 from metajax.host import to_host
 from metajax.models.config import ModelConfig
-from metajax.models.transformer import Params, hidden_states
+from metajax.models.transformer import Params, continuation_hidden, hidden_states
 
 # Columns of the vocabulary projection computed at once; vocabularies up to this size take one chunk.
 VOCAB_CHUNK = 16384
@@ -149,13 +149,95 @@ def chain_logprobs(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[
             raise ValueError(f"triple {i}: the prompt is empty; it needs at least one token (a BOS, say)")
         if not answers[i]:
             raise ValueError(f"triple {i}: the answer is empty; there is nothing to score")
-    sequences = []
-    for middle in (lambda i: list(thoughts[i]), lambda i: list(direct_thought)):
-        for i in range(n):
-            context = list(prompts[i]) + middle(i)
-            sequences.append((context + list(answers[i]), [False] * len(context) + [True] * len(answers[i])))
-    scores = score_sequences(params, cfg, sequences, pad_id=pad_id, batch_size=batch_size)
-    return scores[:n], scores[n:]
+    # Triples with the same prompt share it: it runs once, followed by each distinct continuation (the
+    # direct one, the same for every chain of a question, once).
+    groups: dict[tuple[int, ...], dict[tuple[tuple[int, ...], int], int]] = {}
+
+    def slot(prompt, middle, answer) -> int:
+        continuations = groups.setdefault(tuple(prompt), {})
+        return continuations.setdefault((tuple(middle) + tuple(answer), len(middle)), len(continuations))
+
+    slots = [(tuple(prompts[i]), slot(prompts[i], thoughts[i], answers[i]), slot(prompts[i], direct_thought, answers[i]))
+             for i in range(n)]
+    scored = score_continuations(
+        params, cfg, [(prompt, [(list(tokens), [False] * context + [True] * (len(tokens) - context))
+                                for tokens, context in continuations]) for prompt, continuations in groups.items()],
+        pad_id=pad_id, batch_size=batch_size)
+    scores = dict(zip(groups, scored))
+    with_chain = np.array([scores[prompt][chain] for prompt, chain, _ in slots], np.float32)
+    direct = np.array([scores[prompt][alone] for prompt, _, alone in slots], np.float32)
+    return with_chain, direct
+
+
+@functools.partial(jax.jit, static_argnums=1, static_argnames=("max_targets", "vocab_chunk"))
+def shared_prefix_logprobs(params: Params, cfg: ModelConfig, prefix: jax.Array, prefix_mask: jax.Array,
+                           tokens: jax.Array, token_mask: jax.Array, target_mask: jax.Array, *, max_targets: int,
+                           vocab_chunk: int = VOCAB_CHUNK) -> jax.Array:
+    """sum_t log p(tokens[t] | prefix, tokens[:t]) over each continuation's targets, every prefix run
+    once for all of its continuations (compiled; `metajax.models.continuation_hidden`).
+
+    Args:
+      prefix: int32[B, P], left-padded; prefix_mask: bool[B, P].
+      tokens: int32[B, C, L], C continuations of each prefix, right-padded; token_mask: bool[B, C, L].
+      target_mask: bool[B, C, L], the scored positions (a continuation's first token may be one: the
+        prefix's last state predicts it).
+      max_targets: static bound on the targets of any continuation (as in `sequence_logprobs`).
+    Returns:
+      float32[B, C].
+    """
+    b, c, l = tokens.shape
+    last, hidden = continuation_hidden(params, cfg, prefix, prefix_mask, tokens, token_mask)
+    # Token t of a continuation is predicted by its state t - 1; token 0 by the prefix's last state.
+    first = jnp.broadcast_to(last[:, None, None], (b, c, 1, last.shape[-1]))
+    predicting = jnp.concatenate([first, hidden[:, :, :-1]], axis=2).reshape(b * c, l, -1)
+    target_mask = target_mask.astype(bool).reshape(b * c, l)
+    positions = jax.vmap(lambda row: jnp.nonzero(row, size=max_targets, fill_value=0)[0])(target_mask)
+    valid = jnp.arange(max_targets) < jnp.sum(target_mask, axis=-1, keepdims=True)
+    targets = jnp.take_along_axis(tokens.reshape(b * c, l), positions, axis=1)
+    scores, _ = logprobs_from_hidden(params, cfg, jnp.take_along_axis(predicting, positions[..., None], axis=1),
+                                     targets, vocab_chunk=vocab_chunk)
+    return jnp.sum(jnp.where(valid, scores, 0.0), axis=-1).reshape(b, c)
+
+
+def score_continuations(params: Params, cfg: ModelConfig,
+                        groups: Sequence[tuple[Sequence[int], Sequence[tuple[Sequence[int], Sequence[bool]]]]], *,
+                        pad_id: int = 0, batch_size: int = 64) -> list[np.ndarray]:
+    """`shared_prefix_logprobs` of ragged groups: (prefix tokens, [(continuation tokens, target mask),
+    ...]) -> one float32[continuations] per group, the same sums `score_sequences` gives for each
+    prefix + continuation, with the prefix computed once per group.
+
+    A call takes as many groups as fit `batch_size` continuations; group, candidate and length
+    counts pad to buckets, so repeated calls reuse a few compilations.
+    """
+    for g, (prefix, continuations) in enumerate(groups):
+        if not prefix:
+            raise ValueError(f"group {g}: the prefix is empty; it needs at least one token (a BOS, say)")
+        for j, (tokens, mask) in enumerate(continuations):
+            if len(tokens) != len(mask):
+                raise ValueError(f"group {g}, continuation {j}: {len(tokens)} tokens but a target mask of {len(mask)}")
+            if not any(mask):
+                raise ValueError(f"group {g}, continuation {j} has no target token to score")
+    if not groups:
+        return []
+    width = bucket(max(len(continuations) for _, continuations in groups), minimum=1)
+    out = []
+    for start in range(0, len(groups), max(1, batch_size // width)):
+        chunk = list(groups[start:start + max(1, batch_size // width)])
+        rows = bucket(len(chunk), minimum=1)
+        prefix, prefix_mask = pad_rows([p for p, _ in chunk] + [[pad_id]] * (rows - len(chunk)),
+                                       length=length_bucket(max(len(p) for p, _ in chunk)), pad_id=pad_id, left=True)
+        length = length_bucket(max(len(t) for _, continuations in chunk for t, _ in continuations))
+        tokens = np.full((rows, width, length), pad_id, np.int32)
+        token_mask = np.zeros((rows, width, length), bool)
+        targets = np.zeros((rows, width, length), bool)
+        for i, (_, continuations) in enumerate(chunk):
+            for j, (t, m) in enumerate(continuations):
+                tokens[i, j, :len(t)], token_mask[i, j, :len(t)], targets[i, j, :len(m)] = t, True, m
+        result = to_host(shared_prefix_logprobs(
+            params, cfg, prefix, prefix_mask, tokens, token_mask, targets,
+            max_targets=bucket(int(targets.sum(axis=-1).max()), minimum=8)))
+        out += [result[i, :len(continuations)] for i, (_, continuations) in enumerate(chunk)]
+    return out
 
 
 def score_sequences(params: Params, cfg: ModelConfig, sequences: Sequence[tuple[Sequence[int], Sequence[bool]]],

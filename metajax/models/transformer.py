@@ -22,7 +22,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from metajax.models.attention import attention, decode_attention
+from metajax.models.attention import attention, decode_attention, prefix_attention
 from metajax.models.config import ModelConfig, rope_inverse_frequencies
 from metajax.models.sharding import LogicalAxes, constrain, named_sharding
 
@@ -260,6 +260,41 @@ def prefill(params: Params, cfg: ModelConfig, prompts: jax.Array, prompt_mask: j
                     prompt_mask=prompt_mask.astype(bool),
                     k=jnp.zeros(gen_k_shape, cache_dtype), v=jnp.zeros(gen_v_shape, cache_dtype))
     return logits, cache.constrained()
+
+
+def continuation_hidden(params: Params, cfg: ModelConfig, prefix: jax.Array, prefix_mask: jax.Array,
+                        tokens: jax.Array, token_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Final-norm hidden states of C continuations of each of B prefixes, each prefix run once.
+
+    RaM scores the K + 1 candidates of a question, and the direct answer, after the same few-shot
+    prompt: its keys and values are computed here once, not once per candidate.
+
+    Args:
+      prefix: int32[B, P], left-padded; prefix_mask: bool[B, P], True on real tokens.
+      tokens: int32[B, C, L], continuations right-padded; token_mask: bool[B, C, L].
+    Returns:
+      last: float[B, hidden], the state at each prefix's last token (it predicts every
+        continuation's first token); hidden: float[B, C, L, hidden].
+    """
+    b, c, l = tokens.shape
+    last, (k, v) = hidden_states(params, cfg, prefix, attention_mask=prefix_mask, return_kv=True)
+    # [layers, B, P, kv_heads, hd] -> keys [.., kv_heads, hd, P], values [.., kv_heads, P, hd], as in `prefill`.
+    layer_caches = (k.transpose(0, 1, 3, 4, 2), v.transpose(0, 1, 3, 2, 4))
+    index = jnp.arange(l)
+    allowed_self = (index[None, :] <= index[:, None]) & token_mask.astype(bool)[:, :, None, :]
+    # Positions go on from each prefix's real length, as in the unshared sequence.
+    positions = jnp.sum(prefix_mask, axis=-1, dtype=jnp.int32)[:, None, None] + index
+    positions = jnp.broadcast_to(positions, (b, c, l)).reshape(b * c, l)
+
+    def attend(q, k, v, layer_cache):
+        per_prefix = [x.reshape(b, c, l, *x.shape[2:]) for x in (q, k, v)]
+        out = prefix_attention(*per_prefix, *layer_cache, prefix_mask.astype(bool), allowed_self)
+        return out.reshape(b * c, l, *out.shape[3:]), None
+
+    x = params["embed"][tokens.reshape(b * c, l)]
+    x, _ = _run_blocks(params, cfg, x, positions, attend, layer_caches=layer_caches)
+    hidden = rms_norm(x, params["final_norm"], cfg.rms_norm_eps)
+    return last[:, -1], hidden.reshape(b, c, l, -1)
 
 
 def cpu_decode_layout(params: Params, cache: KVCache) -> tuple[Params, KVCache]:
