@@ -111,12 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     def run_transformers():
         return transformers_sequence_logprobs(hf_model, torch_tokens, torch_targets, torch_attention)
 
-    ours, theirs = np.asarray(run_metajax()), run_transformers()  # also compiles metajax
-    diff = float(np.max(np.abs(ours - theirs)))
-    print(f"agreement: max |metajax - transformers| = {diff:.3g} over scores of magnitude up to "
-          f"{np.max(np.abs(theirs)):.4g}")
-    if not diff <= AGREEMENT[args.dtype] * np.max(np.abs(theirs)):
-        raise SystemExit(f"metajax and transformers disagree (max abs diff {diff:.3g}); not timing")
+    check_agreement(np.asarray(run_metajax()), run_transformers(), args.dtype)  # also compiles metajax
 
     # The agreement check above was each system's first call (metajax compiled there).
     timings = time_calls({"metajax": run_metajax, "transformers": run_transformers},
@@ -189,14 +184,9 @@ def ram_workload(args, *, prompt_len: int = 400, chain_len: int = 100, answer_le
                                                          torch.from_numpy(targets), torch.from_numpy(attention)))
         return np.concatenate(scores)
 
-    (with_chain, direct), theirs = run_metajax(), run_transformers()  # also compiles metajax
-    n_chains = len(thoughts)
-    ours = np.concatenate([with_chain, direct[::k]])
-    diff = float(np.max(np.abs(ours - theirs)))
-    print(f"agreement: max |metajax - transformers| = {diff:.3g} over scores of magnitude up to "
-          f"{np.max(np.abs(theirs)):.4g} ({n_chains} with a chain, {args.batch} direct)")
-    if not diff <= AGREEMENT[args.dtype] * np.max(np.abs(theirs)):
-        raise SystemExit(f"metajax and transformers disagree (max abs diff {diff:.3g}); not timing")
+    with_chain, direct = run_metajax()  # also compiles metajax
+    check_agreement(np.concatenate([with_chain, direct[::k]]), run_transformers(), args.dtype,
+                    detail=f" ({len(thoughts)} with a chain, {args.batch} direct)")
     timings = time_calls({"metajax": run_metajax, "transformers": run_transformers},
                          warmup=args.warmup, repeats=args.repeats)
     print(format_table(("system", "median s", "spread", "questions/s"),
@@ -204,6 +194,15 @@ def ram_workload(args, *, prompt_len: int = 400, chain_len: int = 100, answer_le
     ratio = timings["transformers"].median / timings["metajax"].median
     print(f"\nmetajax / transformers, RaM scoring workload: {ratio:.3g}x (target >= 2x; median of {args.repeats} "
           f"interleaved calls each)")
+
+
+def check_agreement(ours: np.ndarray, theirs: np.ndarray, dtype: str, *, detail: str = "") -> None:
+    """Prints how far metajax's scores are from transformers' and stops before timing if too far."""
+    diff = float(np.max(np.abs(ours - theirs)))
+    print(f"agreement: max |metajax - transformers| = {diff:.3g} over scores of magnitude up to "
+          f"{np.max(np.abs(theirs)):.4g}{detail}")
+    if not diff <= AGREEMENT[dtype] * np.max(np.abs(theirs)):
+        raise SystemExit(f"metajax and transformers disagree (max abs diff {diff:.3g}); not timing")
 
 
 def useful_flops(cfg: ModelConfig, batch: int, seq: int, targets: int) -> float:
