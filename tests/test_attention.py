@@ -10,7 +10,7 @@ import pytest
 
 from metajax.models import ModelConfig, forward, init_params
 from metajax.models.attention import (ATTENTION_IMPLEMENTATIONS, attention, blockwise_attention, decode_attention,
-                                      reference_attention)
+                                      prefix_attention, reference_attention)
 from metajax.models.transformer import decode_step, prefill, cpu_decode_layout
 
 B, T, HQ, HKV, HD = 2, 37, 4, 2, 8  # 37 tokens: blocks of 8 leave a partial last block
@@ -123,3 +123,31 @@ def test_decode_attention_ignores_unwritten_slots():
     out2 = decode_attention(q, k_self, v_self, prompt_k, prompt_v, jnp.ones((1, 6), bool), garbage,
                             gen.swapaxes(-1, -2).at[..., 2:, :].set(-1e3), earlier)
     np.testing.assert_allclose(out, out2, atol=1e-6)
+
+
+@pytest.mark.parametrize("block", [8, 64])
+def test_prefix_attention_equals_full_attention_over_prefix_and_continuation(block):
+    """C = 3 continuations of each of 2 prefixes (one left-padded, one continuation right-padded) against
+    the reference over [prefix | continuation] keys; 37 query positions in blocks of 8 leave a partial
+    last block, blocks of 64 take them at once."""
+    c, p = 3, 11
+    keys = jax.random.split(jax.random.key(7), 5)
+    q = jax.random.normal(keys[0], (B, c, T, HQ, HD))
+    k, v = (jax.random.normal(key, (B, c, T, HKV, HD)) for key in keys[1:3])
+    prefix_k, prefix_v = (jax.random.normal(key, (B, p, HKV, HD)) for key in keys[3:])
+    prefix_mask = np.ones((B, p), bool)
+    prefix_mask[1, :4] = False
+    valid = np.ones((B, c, T), bool)
+    valid[0, 2, 30:] = False
+    index = np.arange(T)
+    allowed_self = (index[None, :] <= index[:, None]) & valid[:, :, None, :]
+
+    ours = prefix_attention(q, k, v, prefix_k.transpose(0, 2, 3, 1), prefix_v.transpose(0, 2, 1, 3), prefix_mask,
+                            allowed_self, block=block)
+
+    flat = lambda x: x.reshape(B * c, *x.shape[2:])  # noqa: E731
+    shared = lambda x: jnp.repeat(x, c, axis=0)  # noqa: E731
+    allowed = np.concatenate([np.broadcast_to(prefix_mask[:, None, None], (B, c, T, p)), allowed_self], axis=-1)
+    want = reference_attention(flat(q), jnp.concatenate([shared(prefix_k), flat(k)], axis=1),
+                               jnp.concatenate([shared(prefix_v), flat(v)], axis=1), flat(allowed))
+    np.testing.assert_allclose(np.asarray(flat(ours))[flat(valid)], np.asarray(want)[flat(valid)], atol=1e-5)

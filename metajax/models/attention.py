@@ -143,38 +143,50 @@ def decode_attention(q, k_self, v_self, prompt_keys_t, prompt_values, prompt_mas
     return out.reshape(b, n, hq, hd)
 
 
-def prefix_attention(q, k_self, v_self, prefix_keys_t, prefix_values, prefix_mask, allowed_self):
+def prefix_attention(q, k_self, v_self, prefix_keys_t, prefix_values, prefix_mask, allowed_self, *,
+                     block: int = ATTENTION_BLOCK):
     """Attention of C continuations of each prefix over [their shared prefix | their own earlier tokens].
 
-    The prefix's keys and values were computed once (`metajax.models.continuation_hidden`); the C x L
-    queries of a prefix's continuations ride along the rows of one product with its keys, as the n
-    samples of `decode_attention` do, and both parts are softmaxed through one shared maximum.
+    The prefix's keys and values were computed once (`metajax.models.continuation_hidden`); the C
+    continuations' queries ride along the rows of one product with its keys, as the n samples of
+    `decode_attention` do, and both parts are softmaxed through one shared maximum. Queries go in
+    blocks of `block` positions, each over its own keys up to the block's end (the mask is causal),
+    so the live fp32 scores are [b, c, heads, block, p + block end], as in "blockwise".
 
     Args:
       q: [b, c, l, q_heads, hd]; k_self, v_self: [b, c, l, kv_heads, hd], the continuations' own.
       prefix_keys_t: [b, kv_heads, hd, p]; prefix_values: [b, kv_heads, p, hd].
       prefix_mask: bool[b, p].
-      allowed_self: bool[b, c, l, l], which of its own continuation's keys each query sees.
+      allowed_self: bool[b, c, l, l], causal: which of its own continuation's keys each query sees.
     Returns:
       [b, c, l, q_heads, hd] in q's dtype.
     """
-    b, c, l, hq, hd = q.shape
+    l = q.shape[2]
+    blocks = [_prefix_attention_block(q[:, :, start:start + block], k_self[:, :, :start + block],
+                                      v_self[:, :, :start + block], prefix_keys_t, prefix_values, prefix_mask,
+                                      allowed_self[:, :, start:start + block, :start + block])
+              for start in range(0, l, block)]
+    return jnp.concatenate(blocks, axis=2)
+
+
+def _prefix_attention_block(q, k_self, v_self, prefix_keys_t, prefix_values, prefix_mask, allowed_self):
+    b, c, lq, hq, hd = q.shape
     g = k_self.shape[3]
     r = hq // g
     dtype, f32 = q.dtype, jnp.float32
-    q = q.reshape(b, c, l, g, r, hd)
-    q_prefix = q.transpose(0, 3, 1, 2, 4, 5).reshape(b, g, c * l * r, hd)
+    q = q.reshape(b, c, lq, g, r, hd)
+    q_prefix = q.transpose(0, 3, 1, 2, 4, 5).reshape(b, g, c * lq * r, hd)
     s_prefix = jnp.einsum("bgqk,bgkp->bgqp", q_prefix, prefix_keys_t.astype(dtype), preferred_element_type=f32)
-    s_prefix = s_prefix.reshape(b, g, c, l, r, -1).transpose(0, 2, 1, 4, 3, 5)  # [b, c, g, r, l, p]
-    s_self = jnp.einsum("bcqgrk,bcsgk->bcgrqs", q, k_self, preferred_element_type=f32)  # [b, c, g, r, l, l]
+    s_prefix = s_prefix.reshape(b, g, c, lq, r, -1).transpose(0, 2, 1, 4, 3, 5)  # [b, c, g, r, lq, p]
+    s_self = jnp.einsum("bcqgrk,bcsgk->bcgrqs", q, k_self, preferred_element_type=f32)  # [b, c, g, r, lq, ls]
     scale = 1.0 / math.sqrt(hd)
     s_prefix = jnp.where(prefix_mask[:, None, None, None, None, :], s_prefix * scale, MASKED)
     s_self = jnp.where(allowed_self[:, :, None, None], s_self * scale, MASKED)
     top = jnp.maximum(jnp.max(s_prefix, -1, keepdims=True), jnp.max(s_self, -1, keepdims=True))
     e_prefix, e_self = jnp.exp(s_prefix - top), jnp.exp(s_self - top)
     total = jnp.sum(e_prefix, -1, keepdims=True) + jnp.sum(e_self, -1, keepdims=True)
-    p_prefix = (e_prefix / total).astype(dtype).transpose(0, 2, 1, 4, 3, 5).reshape(b, g, c * l * r, -1)
+    p_prefix = (e_prefix / total).astype(dtype).transpose(0, 2, 1, 4, 3, 5).reshape(b, g, c * lq * r, -1)
     out_prefix = jnp.einsum("bgqp,bgpk->bgqk", p_prefix, prefix_values.astype(dtype))
-    out_prefix = out_prefix.reshape(b, g, c, l, r, hd).transpose(0, 2, 3, 1, 4, 5)  # [b, c, l, g, r, hd]
+    out_prefix = out_prefix.reshape(b, g, c, lq, r, hd).transpose(0, 2, 3, 1, 4, 5)  # [b, c, lq, g, r, hd]
     out_self = jnp.einsum("bcgrqs,bcsgk->bcqgrk", (e_self / total).astype(dtype), v_self)
-    return (out_prefix + out_self).reshape(b, c, l, hq, hd)
+    return (out_prefix + out_self).reshape(b, c, lq, hq, hd)
