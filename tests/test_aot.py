@@ -15,7 +15,7 @@ from metajax.aot.estimate import Dims, flops
 from metajax.aot.report import count_collectives
 from metajax.aot.topologies import parse_slice
 from metajax.models import ModelConfig, abstract_params
-from metajax.models.logprobs import token_logprobs
+from metajax.models.logprobs import shared_prefix_logprobs, token_logprobs
 from metajax.train import SFTLoss, make_train_step
 from metajax.train.state import abstract_train_state
 
@@ -89,3 +89,16 @@ def test_analytic_flops_match_the_compiler_on_one_layer(attention, remat):
     assert step.cost_analysis()["flops"] == pytest.approx(flops(cfg, Dims("train", 4, 256, remat=remat)), rel=0.03)
     forward = token_logprobs.lower(params, cfg, batch["tokens"]).compile()
     assert forward.cost_analysis()["flops"] == pytest.approx(flops(cfg, Dims("score", 4, 256)), rel=0.03)
+
+
+def test_analytic_flops_of_shared_prefix_scoring_match_the_compiler_on_one_layer():
+    """Chain scoring as RaM runs it: 4 prompts of 256 tokens, 4 continuations of 160 each (two query
+    blocks, the second partial), 32 answer tokens reach the vocabulary projection."""
+    cfg = ModelConfig.of("llama", vocab_size=1024, hidden_size=256, intermediate_size=1024, num_layers=1,
+                         num_heads=4, num_kv_heads=2)
+    prompt, prompt_mask = (jax.ShapeDtypeStruct((4, 256), dtype) for dtype in (jnp.int32, bool))
+    tokens, mask = (jax.ShapeDtypeStruct((4, 4, 160), dtype) for dtype in (jnp.int32, bool))
+    scoring = shared_prefix_logprobs.lower(abstract_params(cfg), cfg, prompt, prompt_mask, tokens, mask, mask,
+                                           max_targets=32).compile()
+    want = flops(cfg, Dims("score_shared", 4, 256, samples=4, new_tokens=32, continuation=160))
+    assert scoring.cost_analysis()["flops"] == pytest.approx(want, rel=0.03)

@@ -20,10 +20,14 @@ from metajax.models.logprobs import VOCAB_CHUNK
 class Dims:
     """The shapes of one program.
 
-    kind: "train" (a train step), "score" (a forward pass with no gradient) or "generate".
-    batch: rows (train, score) or prompts (generate); seq: tokens per row (train, score) or prompt
-    tokens (generate); samples, new_tokens: continuations per prompt and the decode loop's cache
-    length (generate), or the scored answer tokens per row (score). remat, grad_accum: train only. param_bytes, compute_bytes: 4 or 2.
+    kind: "train" (a train step), "score" (a forward pass with no gradient), "score_shared" (chain
+      scoring: each prompt once, then its continuations, `metajax.models.shared_prefix_logprobs`) or
+      "generate".
+    batch: rows (train, score) or prompts (generate, score_shared); seq: tokens per row (train, score)
+    or prompt tokens (generate, score_shared); samples: continuations per prompt (generate,
+    score_shared); new_tokens: the decode loop's cache length (generate), or the scored answer tokens
+    per row or continuation (score, score_shared); continuation: tokens per continuation
+    (score_shared). remat, grad_accum: train only. param_bytes, compute_bytes: 4 or 2.
     """
 
     kind: str
@@ -31,6 +35,7 @@ class Dims:
     seq: int
     samples: int = 1
     new_tokens: int = 0
+    continuation: int = 0
     remat: str = "none"
     grad_accum: int = 1
     param_bytes: int = 4
@@ -50,8 +55,11 @@ def total_params(cfg: ModelConfig) -> int:
 def attention_pairs(cfg: ModelConfig, seq: int) -> int:
     """(query, key) pairs full-sequence attention computes over `seq` tokens: every pair for
     "reference" and "dot_product"; for "blockwise", each query block times its key prefix."""
-    if cfg.attention != "blockwise":
-        return seq * seq
+    return seq * seq if cfg.attention != "blockwise" else causal_block_pairs(seq)
+
+
+def causal_block_pairs(seq: int) -> int:
+    """(query, key) pairs of causal attention taken in query blocks, each over the keys up to its end."""
     return sum((min(start + ATTENTION_BLOCK, seq) - start) * min(start + ATTENTION_BLOCK, seq)
                for start in range(0, seq, ATTENTION_BLOCK))
 
@@ -72,6 +80,11 @@ def flops(cfg: ModelConfig, dims: Dims) -> float:
         steps = dims.new_tokens
         decode = steps * ((blocks + 2 * D * V) * rows + attention(rows, dims.seq + dims.new_tokens))
         return float(prefill + decode)
+    if dims.kind == "score_shared":  # the prompts, then each continuation over its prompt's keys and its own
+        rows, length = dims.batch * dims.samples, dims.continuation
+        prompts = blocks * dims.batch * dims.seq + prompt_attention
+        continuations = blocks * rows * length + attention(rows, length * dims.seq + causal_block_pairs(length))
+        return float(prompts + continuations + 2 * D * V * rows * dims.new_tokens)
     tokens = dims.batch * dims.seq
     forward_blocks = blocks * tokens + prompt_attention
     if dims.kind == "score":  # the head projects only the scored positions, when they are bounded
@@ -113,9 +126,18 @@ def memory_bytes(cfg: ModelConfig, dims: Dims, mesh_shape: dict[str, int]) -> fl
         logits = 4 * rows * dims.samples * V * 4
         cast = 0 if pb == cb else n * cb / (fsdp * tp)  # the compute-dtype copy the sampler runs on
         return weights + cast + gathered + cache + logits + one_layer(rows, dims.seq)
+    chunk = min(V, VOCAB_CHUNK)  # the loss projects onto one vocabulary chunk at a time, in fp32
+    if dims.kind == "score_shared":
+        prompts = max(1.0, dims.batch / dp)
+        rows, length = prompts * dims.samples, dims.continuation
+        # Every layer's prompt keys and values stay live for the continuations' pass.
+        prompt_kv = 2 * L * prompts * (cfg.num_kv_heads / heads_tp) * dims.seq * cfg.head_dim * cb
+        continuation_layer = (rows * length * (9 * D + 3 * kv_width + 4 * F) * cb + rows * cfg.num_heads / heads_tp
+                              * min(length, ATTENTION_BLOCK) * (dims.seq + length) * (4 + cb))
+        return (weights + gathered + prompt_kv + max(one_layer(prompts, dims.seq), continuation_layer)
+                + rows * dims.new_tokens * chunk * 4 * 2)
     rows = max(1.0, dims.batch / dims.grad_accum / dp)
     tokens = rows * dims.seq
-    chunk = min(V, VOCAB_CHUNK)  # the loss projects onto one vocabulary chunk at a time, in fp32
     if dims.kind == "score":  # only the answer positions (`dims.new_tokens` per row) reach the head
         return weights + gathered + rows * dims.new_tokens * chunk * 4 * 2 + tokens * D * cb + one_layer(rows, dims.seq)
     head = tokens * (chunk * 4 * 2 + D * 4 * 2)  # a chunk's fp32 logits and their gradient

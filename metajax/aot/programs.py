@@ -18,7 +18,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from metajax.aot.estimate import Dims
 from metajax.batching import bucket, length_bucket
 from metajax.models.config import ModelConfig
-from metajax.models.logprobs import sequence_logprobs
+from metajax.models.logprobs import shared_prefix_logprobs
 from metajax.models.sharding import batch_sharding
 from metajax.models.transformer import abstract_params
 from metajax.pipelines import DTYPES
@@ -63,8 +63,8 @@ def run_programs(config, cfg: ModelConfig, mesh, *, prompt_len: int) -> list[Pro
         return [
             _generate("rollouts", num_prompts=ei.rollout_batch_size, prompt_len=prompt_len, n=ei.samples_per_question,
                       new=ei.max_new_tokens, knobs={"batch": "expert_iteration.rollout_batch_size"}, **common),
-            _score("scoring", batch=ei.score_batch_size, seq=seq, knobs={"batch": "expert_iteration.score_batch_size"},
-                   **common),
+            _score("scoring", batch=ei.score_batch_size, prompt_len=prompt_len, chains=ei.samples_per_question,
+                   chain_len=ei.max_new_tokens, knobs={"batch": "expert_iteration.score_batch_size"}, **common),
             _train("sft_step", SFTLoss(), make_optimizer(config.train), batch=ei.batch_size, seq=seq,
                    grad_accum=ei.gradient_accumulation_steps,
                    knobs={"grad_accum": "expert_iteration.gradient_accumulation_steps"}, **train),
@@ -124,18 +124,30 @@ def _generate(name, *, cfg, mesh, param_dtype, compute_dtype, param_bytes, compu
     return Program(name, what, dims, knobs, lower)
 
 
-def _score(name, *, cfg, mesh, param_dtype, compute_dtype, param_bytes, compute_bytes, batch, seq, knobs):
+def _score(name, *, cfg, mesh, param_dtype, compute_dtype, param_bytes, compute_bytes, batch, prompt_len, chains,
+           chain_len, knobs):
+    # As `metajax.algorithms.chains.score_chains` calls it: a question's prompt once, then its direct
+    # answer and its chains, as many questions as fit `batch` continuations.
+    width = bucket(chains + 1, minimum=1)
+    prompts = bucket(max(1, batch // width), minimum=1)
+    prompt_tokens, length = length_bucket(prompt_len), length_bucket(chain_len + ANSWER_TOKENS)
     max_targets = bucket(ANSWER_TOKENS, minimum=8)
-    dims = Dims("score", batch=batch, seq=seq, new_tokens=max_targets, param_bytes=param_bytes,
-                compute_bytes=param_bytes)
+    dims = Dims("score_shared", batch=prompts, seq=prompt_tokens, samples=width, new_tokens=max_targets,
+                continuation=length, param_bytes=param_bytes, compute_bytes=param_bytes)
 
     def lower():
         params = abstract_params(cfg, dtype=param_dtype, mesh=mesh)
-        tokens, mask = _rows(mesh, batch, seq, jnp.int32), _rows(mesh, batch, seq, bool)
+        prompt, prompt_mask = _rows(mesh, prompts, prompt_tokens, jnp.int32), _rows(mesh, prompts, prompt_tokens, bool)
+        shape = (prompts, width, length)
+        tokens, mask = (jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding(mesh, shape))
+                        for dtype in (jnp.int32, bool))
         with jax.set_mesh(mesh):
-            return sequence_logprobs.lower(params, cfg, tokens, mask, attention_mask=mask, max_targets=max_targets)
+            return shared_prefix_logprobs.lower(params, cfg, prompt, prompt_mask, tokens, mask, mask,
+                                                max_targets=max_targets)
 
-    return Program(name, f"{batch} sequences x {seq} tokens, {ANSWER_TOKENS} answer tokens scored", dims, knobs, lower)
+    what = (f"{prompts} prompts of {prompt_tokens} tokens x {width} continuations (the direct answer and {chains} "
+            f"chains) of {length} tokens, {ANSWER_TOKENS} answer tokens scored")
+    return Program(name, what, dims, knobs, lower)
 
 
 def _train(name, loss, optimizer, *, cfg, mesh, param_dtype, param_bytes, compute_bytes, compute_dtype, remat, batch,
