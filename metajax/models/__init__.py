@@ -21,5 +21,6 @@ __all__ = [
     "SUPPORTED_MODEL_TYPES", "ModelConfig", "RopeScaling", "UnsupportedModelError", "config_from_hf",
     "config_to_hf", "CheckpointError", "load_hf", "params_from_hf_tensors", "save_hf", "MeshConfig",
     "make_mesh", "REMAT_POLICIES", "abstract_params", "cast_params", "KVCache", "Params", "chain_logprobs",
-    "decode_step", "forward", "init_params", "param_specs", "prefill", "score_continuations", "score_sequences", "sequence_logprobs", "shared_prefix_logprobs", "token_logprobs", "load_gguf",
+    "decode_step", "forward", "init_params", "param_specs", "prefill", "score_continuations", "score_sequences",
+    "sequence_logprobs", "shared_prefix_logprobs", "token_logprobs", "load_gguf",
 ]

@@ -220,9 +220,10 @@ def score_continuations(params: Params, cfg: ModelConfig,
     if not groups:
         return []
     width = bucket(max(len(continuations) for _, continuations in groups), minimum=1)
+    per_call = max(1, batch_size // width)
     out = []
-    for start in range(0, len(groups), max(1, batch_size // width)):
-        chunk = list(groups[start:start + max(1, batch_size // width)])
+    for start in range(0, len(groups), per_call):
+        chunk = list(groups[start:start + per_call])
         rows = bucket(len(chunk), minimum=1)
         prefix, prefix_mask = pad_rows([p for p, _ in chunk] + [[pad_id]] * (rows - len(chunk)),
                                        length=length_bucket(max(len(p) for p, _ in chunk)), pad_id=pad_id, left=True)
