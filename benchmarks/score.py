@@ -43,6 +43,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks.common` impor
 from benchmarks.common import (DTYPES, GPU_LLAMA, SMALL_LLAMA, benchmark_parser, build_twin_models, check_args,
                                format_table, machine_summary, matmul_flops_per_second, reference_config, time_calls,
                                torch_device, use_all_cores)
+from metajax.batching import pad_rows
 from metajax.models import ModelConfig, init_params
 from metajax.models.logprobs import chain_logprobs, sequence_logprobs
 
@@ -175,13 +176,10 @@ def ram_workload(args, *, prompt_len: int = 400, chain_len: int = 100, answer_le
         for start in range(0, len(sequences), torch_batch):
             chunk = sequences[start:start + torch_batch]
             length = max(len(t) for t, _ in chunk)
-            tokens = np.zeros((len(chunk), length), np.int64)
-            attention = np.zeros((len(chunk), length), np.int64)
-            targets = np.zeros((len(chunk), length), bool)
-            for i, (t, context) in enumerate(chunk):
-                tokens[i, :len(t)], attention[i, :len(t)], targets[i, context:len(t)] = t, 1, True
-            scores.append(transformers_sequence_logprobs(hf_model, torch.from_numpy(tokens),
-                                                         torch.from_numpy(targets), torch.from_numpy(attention)))
+            tokens, attention = pad_rows([t for t, _ in chunk], length=length)
+            targets, _ = pad_rows([[0] * context + [1] * (len(t) - context) for t, context in chunk], length=length)
+            scores.append(transformers_sequence_logprobs(hf_model, torch.from_numpy(tokens), torch.from_numpy(targets),
+                                                         torch.from_numpy(attention)))
         return np.concatenate(scores)
 
     with_chain, direct = run_metajax()  # also compiles metajax

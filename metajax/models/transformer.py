@@ -277,7 +277,7 @@ def continuation_hidden(params: Params, cfg: ModelConfig, prefix: jax.Array, pre
         continuation's first token); hidden: float[B, C, L, hidden].
     """
     b, c, l = tokens.shape
-    last, (k, v) = hidden_states(params, cfg, prefix, attention_mask=prefix_mask, return_kv=True)
+    prefix_hidden, (k, v) = hidden_states(params, cfg, prefix, attention_mask=prefix_mask, return_kv=True)
     # [layers, B, P, kv_heads, hd] -> keys [.., kv_heads, hd, P], values [.., kv_heads, P, hd], as in `prefill`.
     layer_caches = (k.transpose(0, 1, 3, 4, 2), v.transpose(0, 1, 3, 2, 4))
     index = jnp.arange(l)
@@ -294,7 +294,7 @@ def continuation_hidden(params: Params, cfg: ModelConfig, prefix: jax.Array, pre
     x = params["embed"][tokens.reshape(b * c, l)]
     x, _ = _run_blocks(params, cfg, x, positions, attend, layer_caches=layer_caches)
     hidden = rms_norm(x, params["final_norm"], cfg.rms_norm_eps)
-    return last[:, -1], hidden.reshape(b, c, l, -1)
+    return prefix_hidden[:, -1], hidden.reshape(b, c, l, -1)
 
 
 def cpu_decode_layout(params: Params, cache: KVCache) -> tuple[Params, KVCache]:
