@@ -140,7 +140,8 @@ def test_roi_configs_check_tiers_budgets_and_methods(monkeypatch):
                             ("roi.orderings=[easy_first]", "easy_first is added"),
                             ("roi.level_bounds=[60, 20]", "strictly increasing"),
                             ("grpo.max_completion_length=100", "at least the largest roi budget"),
-                            ("mft.label_rule=mean", "label_rule")]:
+                            ("mft.label_rule=mean", "label_rule"),
+                            ("roi.questions_per_exam=11", "labels at most 10 questions")]:
         with pytest.raises(ConfigError, match=match):
             load_config("configs/roi_toy.yaml", [override])
 

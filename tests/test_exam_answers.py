@@ -1,5 +1,7 @@
 """Reading exam completions (metajax.envs.answers) and the exam figures (metajax.eval.exam_metrics)."""
 
+import collections
+
 import numpy as np
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -34,13 +36,17 @@ def _read(ids, budget=1000, exam=EXAM, stopped=True):
 def _toy_response(levels_and_thinks):
     answers = [(level, None if think is None else solution_text(q, think))
                for q, (level, think) in zip(EXAM.questions, levels_and_thinks)]
-    return TOY_EXAM.response(answers, skip_level=len(TOY_LEVEL_BOUNDS))
+    return TOY_EXAM.response(answers, skip_level=len(TOY_LEVEL_BOUNDS), questions=[q.question for q in EXAM.questions])
+
+
+FIRST = "P3+4=? <L0> [Assistant] 7\n"
+SECOND = "Q1+2+3=? <L1> <thought> 1+2+3 = 3+3 = 6 </thought>\n[Assistant] 6\n"
+THIRD = "R5+6+7+1+2=? <L3> [Assistant] NA\n"
 
 
 def test_a_well_formed_exam_is_read_token_exactly():
     text = _toy_response([(0, False), (1, True), (3, None)])
-    assert text == ("<L0> #1 [Assistant] 7\n<L1> #2 <thought> 1+2+3 = 3+3 = 6 </thought>\n[Assistant] 6\n"
-                    "<L3> #3 [Assistant] NA\n")
+    assert text == FIRST + SECOND + THIRD
     out = _read(_ids(text))
     np.testing.assert_array_equal(out.predicted_level, [0, 1, 3])
     np.testing.assert_array_equal(out.correct, [True, True, False])
@@ -51,12 +57,12 @@ def test_a_well_formed_exam_is_read_token_exactly():
     np.testing.assert_array_equal(out.solution_tokens, solutions)
     np.testing.assert_array_equal(out.actual_level, [0, 1, 0])
     np.testing.assert_array_equal(out.score, [1.0, 1.0, 0.0])
-    # Segments run tag to tag; the last one keeps the EOS.
-    second = "<L1> #2 <thought> 1+2+3 = 3+3 = 6 </thought>\n[Assistant] 6\n"
-    np.testing.assert_array_equal(out.position_tokens, [22, len(second), len("<L3> #3 [Assistant] NA\n") + 1])
+    # Segments run tag to tag (a tag starts at its restated question); the last one keeps the EOS.
+    np.testing.assert_array_equal(out.position_tokens, [len(FIRST), len(SECOND), len(THIRD) + 1])
     assert out.tokens == len(text) + 1 and not out.truncated
-    np.testing.assert_array_equal(out.solution_start, [7, 22 + 7, 22 + len(second) + 7])
-    np.testing.assert_array_equal(out.segment_end, [22, 22 + len(second), len(text) + 1])
+    tags = [len("P3+4=? <L0>"), len("Q1+2+3=? <L1>"), len("R5+6+7+1+2=? <L3>")]
+    np.testing.assert_array_equal(out.solution_start, [tags[0], len(FIRST) + tags[1], len(FIRST + SECOND) + tags[2]])
+    np.testing.assert_array_equal(out.segment_end, [len(FIRST), len(FIRST + SECOND), len(text) + 1])
 
 
 def test_a_wrong_level_scores_zero_but_stays_accurate():
@@ -70,34 +76,34 @@ def test_a_wrong_level_scores_zero_but_stays_accurate():
 def test_truncation_mid_question():
     text = _toy_response([(0, False), (1, True), (2, True)])
     ids = _ids(text)
-    budget = 22 + 30  # inside the second question's thought
+    budget = len(FIRST) + 30  # inside the second question's thought
     cut = _read(ids[:budget], budget=budget, stopped=False)
     assert cut.truncated and cut.tokens == budget
     np.testing.assert_array_equal(cut.correct, [True, False, False])
     np.testing.assert_array_equal(cut.predicted_level, [0, 1, -1])
-    np.testing.assert_array_equal(cut.position_tokens, [22, 30, 0])
+    np.testing.assert_array_equal(cut.position_tokens, [len(FIRST), 30, 0])
     # The same tokens generated uncut: accurate on both, but the second ends past the budget.
     uncut = _read(ids, budget=budget)
     assert uncut.truncated and uncut.tokens == budget
     np.testing.assert_array_equal(uncut.correct, [True, True, True])
     np.testing.assert_array_equal(uncut.budget_correct, [True, False, False])
     np.testing.assert_array_equal(uncut.score, [1.0, 0.0, 0.0])
-    np.testing.assert_array_equal(uncut.position_tokens, [22, 30, 0])
+    np.testing.assert_array_equal(uncut.position_tokens, [len(FIRST), 30, 0])
 
 
 @pytest.mark.parametrize("text,predicted,correct", [
-    # no tag on the first answer: the first tag opens question 0's segment (a tag without its number
-    # still counts)
+    # no tag on the first answer: the first tag opens question 0's segment (a tag without its
+    # restated question still counts)
     ("[Assistant] 7\n<L1> <thought> 1+2+3 = 3+3 = 6 </thought>\n[Assistant] 6\n", [1, -1, -1],
      [False, False, False]),
     # two answers for one question: the grader reads the first answer line
-    ("<L0> #1 [Assistant] 8\n[Assistant] 7\n<L0> #2 [Assistant] 6\n", [0, 0, -1], [False, True, False]),
+    ("P3+4=? <L0> [Assistant] 8\n[Assistant] 7\nQ1+2+3=? <L0> [Assistant] 6\n", [0, 0, -1], [False, True, False]),
     # garbage
     ("%%$#@!!<<L>> 12 <thought> </thought>", [-1, -1, -1], [False, False, False]),
     ("", [-1, -1, -1], [False, False, False]),
     # more tags than questions: the extra one opens nothing
-    ("<L0> #1 [Assistant] 7\n<L0> #2 [Assistant] 6\n<L0> #3 [Assistant] 21\n<L2> #4 [Assistant] 1\n", [0, 0, 0],
-     [True, True, True]),
+    ("P3+4=? <L0> [Assistant] 7\nQ1+2+3=? <L0> [Assistant] 6\nR5+6+7+1+2=? <L0> [Assistant] 21\n"
+     "S1+1=? <L2> [Assistant] 1\n", [0, 0, 0], [True, True, True]),
 ])
 def test_malformed_output_gets_a_defined_outcome(text, predicted, correct):
     out = _read(_ids(text))
@@ -108,10 +114,10 @@ def test_malformed_output_gets_a_defined_outcome(text, predicted, correct):
 
 
 def test_an_invented_question_ends_the_last_answer():
-    text = "<L0> #1 [Assistant] 7\n<L1> #2 <thought> 1+2+3 = 6 </thought>\n[Assistant] 6\n"
+    answer = "P1+2+3=? <L0> [Assistant] 6\n"
     one = Exam("one", EXAM.questions[1:2], (1,))
-    out = _read(_ids(text.split("<L1>")[0].replace("7", "6") + "<L1> #2 [Assistant] 9\n"), exam=one)
-    assert out.segment_end[0] == len("<L0> #1 [Assistant] 6\n")
+    out = _read(_ids(answer + "Q5+5=? <L1> [Assistant] 9\n"), exam=one)
+    assert out.segment_end[0] == len(answer)
     assert out.correct[0] and out.position_tokens[0] == out.segment_end[0]
 
 
@@ -190,3 +196,45 @@ def test_exam_summary_against_hand_computed_values():
     assert confusion[3, 0] == 1 and confusion[4, 0] == 1 and confusion[1, 2] == 1
     with pytest.raises(ValueError, match="same exams"):
         exam_summary(outcomes, easy_first=easy[::-1], num_levels=4)
+
+
+def test_exam_corpus_holds_exams_drills_and_single_questions_in_their_shares():
+    from metajax.algorithms.toy_pretrain import SHIPPED_WORLD
+    from metajax.envs.toy_exam import ToyExamCorpus, exam_corpus
+
+    spec = ToyExamCorpus(single_share=0.2, drill_share=0.3, max_drill_questions=6, skip_share=0.1)
+    texts = exam_corpus(SHIPPED_WORLD, 1500, seed=4, spec=spec)
+    assert texts == exam_corpus(SHIPPED_WORLD, 1500, seed=4, spec=spec)
+    held_out = {ex.question for ex in toy.make_splits(SHIPPED_WORLD)[1] if ex.difficulty >= 3}
+    kinds = collections.Counter()
+    for text in texts:
+        prompt, _, response = text.partition("\n")
+        if prompt.startswith("[User] Copy: "):
+            kinds["drill"] += 1
+            listed = prompt[len("[User] Copy: "):].split(" ")
+            assert 2 <= len(listed) <= 6 and [q[0] for q in listed] == list(TOY_EXAM.labels[:len(listed)])
+            assert sorted(response.splitlines()) == sorted(listed)  # every question restated once, any order
+        elif prompt.startswith("[User] Exam, "):
+            kinds["exam"] += 1
+            listed = prompt.split(": ", 1)[1].split(" ")
+            questions = tuple(toy._example(f"q{j}", _operands(q[1:])) for j, q in enumerate(listed))
+            exam = Exam("corpus", questions, (0,) * len(questions))
+            assert 1 <= len(questions) <= 3 and not {q.question for q in questions} & held_out
+            ids = _ids(response)
+            out = read_exam(exam, ids, lambda x: TOKENIZER.decode(x, skip_special_tokens=True), TOY_EXAM,
+                            budget=1000, level_bounds=TOY_LEVEL_BOUNDS)
+            # Each answer restates its own question after its label and is right unless it skips.
+            assert [m.group(0).split(" <L")[0] for m in TOY_EXAM.level_pattern.finditer(response)] == listed
+            np.testing.assert_array_equal(out.correct, ~out.skipped)
+        else:
+            kinds["single"] += 1
+    shares = {k: v / len(texts) for k, v in kinds.items()}
+    assert abs(shares["single"] - 0.2) < 0.04 and abs(shares["drill"] - 0.3) < 0.04, shares
+    with pytest.raises(ValueError, match="max_drill_questions"):
+        ToyExamCorpus(max_drill_questions=11)
+    with pytest.raises(ValueError, match="single_share"):
+        ToyExamCorpus(single_share=0.8, drill_share=0.3)
+
+
+def _operands(question):
+    return [int(x) for x in question[:-2].split("+")]

@@ -49,7 +49,7 @@ def test_shortest_rule_takes_the_cheapest_correct_solution_and_its_sampled_token
     assert lab.level == 0 and lab.correct == 2
     # The sampled tokens after the (wrong) sampled tag, without the stop token.
     assert POLICY.decode(lab.solution) == DIRECT
-    assert answer_ids(POLICY, RULES, lab, position=2) == POLICY.encode("<L0> #2" + DIRECT)
+    assert answer_ids(POLICY, RULES, lab, position=2, question="1+2+3=?") == POLICY.encode("Q1+2+3=? <L0>" + DIRECT)
 
 
 def test_median_and_most_frequent_rules():
@@ -67,7 +67,7 @@ def test_no_correct_sample_means_skip():
     samples = [_sample("<L0>" + WRONG), _sample("garbage"), _sample("<L3> [Assistant] NA\n")]
     lab = label(samples, RULES, "shortest", POLICY.stop_ids)
     assert lab == Label(3, (), 0)
-    assert POLICY.decode(answer_ids(POLICY, RULES, lab)) == "<L3> #1 [Assistant] NA\n"
+    assert POLICY.decode(answer_ids(POLICY, RULES, lab, question="1+2+3=?")) == "P1+2+3=? <L3> [Assistant] NA\n"
 
 
 def test_a_correct_answer_past_the_last_level_is_not_a_label():
@@ -81,20 +81,23 @@ def _labelled(text, level):
 
 
 def test_stage2_target_skips_what_would_overrun_the_budget():
-    # Costs: the L2 answer 7 + 60 tokens, the L0 answers 7 + 15 each; the skip answer 23.
+    # Tags "Q1+2+3=? <Lk>" are 13 tokens. Costs: the L2 answer 13 + 60 tokens, the L0 answers
+    # 13 + 15 each; the skip answer 29.
     heavy = _labelled(" <thought> " + "x" * 23 + " </thought>\n[Assistant] 6\n", 2)
     light = _labelled(DIRECT, 0)
-    assert len(answer_ids(POLICY, RULES, heavy)) == 67 and len(answer_ids(POLICY, RULES, light)) == 22
+    assert len(answer_ids(POLICY, RULES, heavy, question="1+2+3=?")) == 73
+    assert len(answer_ids(POLICY, RULES, light, question="1+2+3=?")) == 28
     labels = [heavy, light, light]
-    # Budget 80: solving the heavy first leaves 13 < 22 for the rest (1 solved, in order); the best
-    # plan skips it (23) and solves both light ones (23 + 44 = 67 <= 80).
-    in_order = POLICY.decode(exam_target(POLICY, RULES, labels, 80, "in_order"))
-    best = POLICY.decode(exam_target(POLICY, RULES, labels, 80, "best"))
-    assert in_order.startswith("<L2> #1 <thought>") and in_order.count("<L3>") == 2
-    assert best == "<L3> #1 [Assistant] NA\n<L0> #2 [Assistant] 6\n<L0> #3 [Assistant] 6\n"
+    sheet = Exam("three", (QUESTION,) * 3, (1, 1, 1))
+    # Budget 90: solving the heavy first leaves 17 < 28 for the rest (1 solved, in order); the best
+    # plan skips it (29) and solves both light ones (29 + 56 = 85 <= 90).
+    in_order = POLICY.decode(exam_target(POLICY, RULES, sheet, labels, 90, "in_order"))
+    best = POLICY.decode(exam_target(POLICY, RULES, sheet, labels, 90, "best"))
+    assert in_order.startswith("P1+2+3=? <L2> <thought>") and in_order.count("<L3>") == 2
+    assert best == "P1+2+3=? <L3> [Assistant] NA\nQ1+2+3=? <L0> [Assistant] 6\nR1+2+3=? <L0> [Assistant] 6\n"
     # A budget that fits everything solves everything in both plans, and ends with the stop token.
     for plan in ("best", "in_order"):
-        tokens = exam_target(POLICY, RULES, labels, 200, plan)
+        tokens = exam_target(POLICY, RULES, sheet, labels, 250, plan)
         assert tokens[-1] == toy.EOS_ID and POLICY.decode(tokens).count("<L3>") == 0
 
 

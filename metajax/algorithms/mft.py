@@ -25,6 +25,7 @@ import jax
 import numpy as np
 
 from metajax.data.example import Example
+from metajax.data.prompts import question_block
 from metajax.envs.answers import ExamOutcome
 from metajax.envs.exam import Exam, oracle_value
 from metajax.envs.sitting import ExamRules, exam_prompts, sit
@@ -133,22 +134,24 @@ def label(samples: Sequence[ExamOutcome], rules: ExamRules, rule: str, stop_ids:
     return Label(int(chosen.actual_level[0]), tuple(solution), len(usable))
 
 
-def answer_ids(policy: Policy, rules: ExamRules, target: Label, position: int = 1) -> list[int]:
-    """The tokens of one labelled answer at `position` (1-based): the tag (or the whole skip
-    answer), then the solution."""
+def answer_ids(policy: Policy, rules: ExamRules, target: Label, position: int = 1, question: str = "") -> list[int]:
+    """The tokens of one labelled answer to `question` (its text) at `position` (1-based): the tag
+    (or the whole skip answer), then the solution."""
     fmt = rules.format
     if target.level == rules.skip_level:
-        return policy.encode(fmt.answer(target.level, None, rules.skip_level, position))
-    return policy.encode(fmt.tag(target.level, position)) + list(target.solution)
+        return policy.encode(fmt.answer(target.level, None, rules.skip_level, position, question))
+    return policy.encode(fmt.tag(target.level, position, question)) + list(target.solution)
 
 
-def exam_target(policy: Policy, rules: ExamRules, labels: Sequence[Label], budget: int, plan: str) -> list[int]:
+def exam_target(policy: Policy, rules: ExamRules, exam: Exam, labels: Sequence[Label], budget: int,
+                plan: str) -> list[int]:
     """A stage-2 exam's target tokens: the labelled answers in order, with the questions the plan
     leaves out skipped, and the end of the sheet."""
     skip = Label(rules.skip_level, (), 0)
     separator = policy.encode(rules.format.separator) if rules.format.separator else []
-    answers = [answer_ids(policy, rules, lab, j) for j, lab in enumerate(labels, 1)]
-    skips = [answer_ids(policy, rules, skip, j) for j in range(1, len(labels) + 1)]
+    texts = [question_block(q) for q in exam.questions]
+    answers = [answer_ids(policy, rules, lab, j, text) for j, (lab, text) in enumerate(zip(labels, texts), 1)]
+    skips = [answer_ids(policy, rules, skip, j, text) for j, text in enumerate(texts, 1)]
     cost = [[len(a) + len(separator) * (j > 0), len(s) + len(separator) * (j > 0)]
             for j, (a, s) in enumerate(zip(answers, skips))]
     solvable = [lab.level != rules.skip_level for lab in labels]
@@ -197,7 +200,8 @@ def run_mft(base: Policy, rules: ExamRules, questions: Sequence[Example], stage2
 
     optim = optim if config.learning_rate is None else dataclasses.replace(optim, learning_rate=config.learning_rate)
     prompts = exam_prompts(base, rules, singles, [budget] * len(singles))
-    stage1 = [_row(p, answer_ids(base, rules, lab) + [base.stop_ids[-1]]) for p, lab in zip(prompts, labels)]
+    stage1 = [_row(p, answer_ids(base, rules, lab, 1, question_block(q)) + [base.stop_ids[-1]])
+              for p, lab, q in zip(prompts, labels, questions)]
     sft = dict(optim=optim, batch_size=config.batch_size, epochs=config.epochs, mesh=mesh, metrics=metrics,
                progress=progress, remat=remat, compute_dtype=compute_dtype,
                grad_accum=config.gradient_accumulation_steps)
@@ -209,7 +213,7 @@ def run_mft(base: Policy, rules: ExamRules, questions: Sequence[Example], stage2
                          "from the questions MFT labels (mft.questions first training questions)")
     if exams:
         prompts = exam_prompts(base, rules, [e for e, _ in exams], [b for _, b in exams])
-        stage2 = [_row(p, exam_target(base, rules, [label_of[q.id] for q in exam.questions], b, config.stage2_plan))
+        stage2 = [_row(p, exam_target(base, rules, exam, [label_of[q.id] for q in exam.questions], b, config.stage2_plan))
                   for p, (exam, b) in zip(prompts, exams)]
         params = _train_stage(params, base.cfg, stage2, out_dir, 2, seed=seed + 1, save_every=config.save_steps,
                               **sft)

@@ -46,15 +46,17 @@ class ExamFormat:
     Attributes:
       name: "roi" (ROI-Reasoning's own format, for real models) or "toy" (the toy world's compact one).
       prompt_style: the `metajax.data.prompts` style that renders the exam prompt.
-      level_tag: the tag, with `{level}` for the level and optionally `{position}` for the
-        question's number (1 for the first).
+      level_tag: the tag, with `{level}` for the level and optionally `{label}` for the question's
+        label and `{question}` for the question restated.
       level_pattern: reads a tag; group 1 is the level.
       skip_solution: what follows the skip level's tag.
       separator: text between consecutive answers.
-      tag_prefix: how every tag starts: where a question's answer ends when questions are sat one
+      tag_starts: how a tag can start: where a question's answer ends when questions are sat one
         at a time.
       direct_opening: what a forced direct answer starts with after its tag.
       think_opening: what a forced worked solution starts with after its tag.
+      labels: the question labels, one per position (first question first); empty: questions are
+        known by their position alone.
     """
 
     name: str
@@ -63,15 +65,26 @@ class ExamFormat:
     level_pattern: re.Pattern
     skip_solution: str
     separator: str
-    tag_prefix: str
+    tag_starts: tuple[str, ...]
     direct_opening: str
     think_opening: str
+    labels: str = ""
 
-    def tag(self, level: int | str, position: int = 1) -> str:
-        """The level tag of the question at `position` (1-based)."""
-        return self.level_tag.format(level=level, position=position)
+    def label(self, position: int) -> str:
+        """The label of the question at `position` (1-based); "" where the format has none."""
+        if not self.labels:
+            return ""
+        if not 1 <= position <= len(self.labels):
+            raise ValueError(f"the {self.name} exam format labels questions 1..{len(self.labels)} "
+                             f"({self.labels}); question {position} has no label: sit at most "
+                             f"{len(self.labels)} questions per exam")
+        return self.labels[position - 1]
 
-    def answer(self, level: int, solution: str | None, skip_level: int, position: int = 1) -> str:
+    def tag(self, level: int | str, position: int = 1, question: str = "") -> str:
+        """The level tag of the question at `position` (1-based), whose text is `question`."""
+        return self.level_tag.format(level=level, label=self.label(position), question=question)
+
+    def answer(self, level: int, solution: str | None, skip_level: int, position: int = 1, question: str = "") -> str:
         """One question's answer: the level tag, then the solution (`skip_solution` at the skip
         level, where `solution` must be None)."""
         if not 0 <= level <= skip_level:
@@ -79,20 +92,38 @@ class ExamFormat:
         if (level == skip_level) != (solution is None):
             raise ValueError(f"give a solution for a solved level and none for the skip level "
                              f"Level-{skip_level}; got level {level} with solution {solution!r}")
-        return f"{self.tag(level, position)} {self.skip_solution if solution is None else solution}"
+        return f"{self.tag(level, position, question)} {self.skip_solution if solution is None else solution}"
 
-    def response(self, answers: Sequence[tuple[int, str | None]], skip_level: int) -> str:
-        """A whole exam's response, one `answer` per (level, solution) in question order."""
-        return self.separator.join(self.answer(level, solution, skip_level, j)
-                                   for j, (level, solution) in enumerate(answers, 1))
+    def response(self, answers: Sequence[tuple[int, str | None]], skip_level: int,
+                 questions: Sequence[str] = ()) -> str:
+        """A whole exam's response, one `answer` per (level, solution) in question order, restating
+        `questions` (their texts) where the tag holds its question."""
+        texts = list(questions) or [""] * len(answers)
+        if len(texts) != len(answers):
+            raise ValueError(f"response: {len(answers)} answers but {len(texts)} question texts")
+        return self.separator.join(self.answer(level, solution, skip_level, j, text)
+                                   for j, ((level, solution), text) in enumerate(zip(answers, texts), 1))
 
 
 ROI_EXAM = ExamFormat("roi", "roi_exam", LEVEL_TAG.replace("{}", "{level}"), LEVEL_TAG_PATTERN, SKIP_ANSWER, separator="\n\n",
-                      tag_prefix="<predicted_level>", direct_opening=" \\boxed{",
+                      tag_starts=("<predicted_level>",), direct_opening=" \\boxed{",
                       think_opening=" Let's think step by step.")
-# One token per character in the toy: a short tag holding the question's number as the prompt lists
-# it ("#2"), which a four-layer model needs to find its question, and answers that are RaM
-# completions ending in their own newline.
-TOY_EXAM = ExamFormat("toy", "toy_exam", "<L{level}> #{position}", re.compile(r"<L(\d)>(?: #\d{1,2})?"), ANSWER_BLOCK.format("NA"), separator="",
-                      tag_prefix="<L", direct_opening=" " + ANSWER_MARKER, think_opening=" " + THOUGHT_OPEN)
+# The toy's question labels: one character each that no other toy text uses, so a label is a unique
+# key in an exam's context (see TOY_EXAM).
+TOY_QUESTION_LABELS = "PQRSTVWXYZ"
+# One token per character in the toy. The prompt lists each question right after its label
+# ("P3+4=? Q1+2+3=?"), and each answer opens by restating its question the same way, then
+# announces its level ("Q1+2+3=? <L1>"); the solution is a RaM completion ending in its own
+# newline. A four-layer model finds question j by the simplest induction there is: the label it
+# just wrote occurs once in the prompt, and the token after it there starts the copy; then it thinks
+# from the copy beside it. Without that, it copied the wrong operands of every question but the
+# first: from a tag "<L1> #2" eleven tokens before the thought (sessions 6-12), and from "#2 "
+# before the restatement, whose lookup needs two tokens of context (a 1326-step pretraining left
+# the second question copied right 2% of the time). The restatement is part of the tag: it counts
+# against the budget but not in the solution's level.
+TOY_EXAM = ExamFormat("toy", "toy_exam", "{label}{question} <L{level}>",
+                      re.compile(rf"(?:[{TOY_QUESTION_LABELS}][^{TOY_QUESTION_LABELS}<\n]{{0,40}})?<L(\d)>"),
+                      ANSWER_BLOCK.format("NA"), separator="", tag_starts=tuple(TOY_QUESTION_LABELS),
+                      direct_opening=" " + ANSWER_MARKER, think_opening=" " + THOUGHT_OPEN,
+                      labels=TOY_QUESTION_LABELS)
 EXAM_FORMATS: dict[str, ExamFormat] = {fmt.name: fmt for fmt in (ROI_EXAM, TOY_EXAM)}

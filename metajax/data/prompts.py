@@ -21,7 +21,7 @@ from typing import Any
 
 from metajax.data.example import Example
 from metajax.data.formats import (ANSWER_MARKER, LEVEL_TAG, ROI_LEVEL_BOUNDS, SKIP_ANSWER, THOUGHT_BLOCK,
-                                  USER_BLOCK)
+                                  TOY_EXAM, USER_BLOCK)
 
 STAR_HINT = "\n(The correct answer is {answer})"
 # Wang et al. 2023, "Plan-and-Solve Prompting", the PS trigger.
@@ -230,7 +230,7 @@ def _toy_exam(cfg: PromptConfig, questions: tuple[Question, ...],
         raise ValueError("the toy_exam style takes no few-shot examples: the exam is the prompt")
     if not questions:
         raise ValueError("an exam needs at least one question")
-    listed = " ".join(f"#{j} {question_block(q)}" for j, q in enumerate(questions, 1))
+    listed = " ".join(TOY_EXAM.label(j) + question_block(q) for j, q in enumerate(questions, 1))
     return Dialogue((Turn(f"Exam, {cfg.exam_budget} tokens: {listed}"),))
 
 

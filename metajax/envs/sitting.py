@@ -5,7 +5,10 @@
 question (a forced level tag and the start of a direct or worked answer, or a whole skip answer)
 and lets the model write the rest, one question at a time: the `cot_all`, `direct_all` and
 `mft_knapsack` baselines, and the oracle's cost estimates. Both count every generated and forced
-token against the budget and read the exams with `metajax.envs.answers.read_exam`.
+token against the budget and read the exams with `metajax.envs.answers.read_exam`. Where the
+format's tag restates its question (the toy's `"Q1+2+3=? <L1>"`), a forced tag writes the
+restatement too: the planned methods are not asked to copy their questions, while `sit` policies
+copy them themselves (the exam records show how well).
 
 Generation runs to `cap` tokens (at least the budget): the first `budget` tokens are exactly what a
 hard cut would have produced, and the rest give the uncut accuracy.
@@ -20,6 +23,7 @@ from typing import Literal
 import jax
 
 from metajax.data.formats import ExamFormat
+from metajax.data.prompts import question_block
 from metajax.envs.answers import ExamOutcome, _TokenCut, read_exam
 from metajax.envs.exam import Exam
 from metajax.host import to_host
@@ -55,14 +59,14 @@ class Action:
     level: int
     start: Literal["free", "direct", "think"] = "free"
 
-    def opening(self, rules: ExamRules, position: int) -> tuple[str, bool]:
+    def opening(self, rules: ExamRules, position: int, question: str = "") -> tuple[str, bool]:
         """(forced text after the answer separator, whether the model writes the rest) for the
-        question at `position` (1-based)."""
+        question at `position` (1-based), whose text is `question`."""
         fmt = rules.format
         if self.level == rules.skip_level:
-            return fmt.answer(self.level, None, rules.skip_level, position), False
+            return fmt.answer(self.level, None, rules.skip_level, position, question), False
         start = {"free": "", "direct": fmt.direct_opening, "think": fmt.think_opening}[self.start]
-        return fmt.tag(self.level, position) + start, True
+        return fmt.tag(self.level, position, question) + start, True
 
 
 def exam_prompts(policy: Policy, rules: ExamRules, exams: Sequence[Exam], budgets: Sequence[int], *,
@@ -129,7 +133,7 @@ def sit_planned(policy: Policy, rules: ExamRules, exams: Sequence[Exam], budgets
         for e, exam in enumerate(exams):
             if j >= len(exam.questions) or len(sheets[e]) >= cap[e]:
                 continue
-            text, generate = plans[e][j].opening(rules, j + 1)
+            text, generate = plans[e][j].opening(rules, j + 1, question_block(exam.questions[j]))
             sheets[e] += policy.encode((fmt.separator if j else "") + text)
             if generate and len(sheets[e]) < cap[e]:
                 waiting.append(e)
@@ -139,13 +143,13 @@ def sit_planned(policy: Policy, rules: ExamRules, exams: Sequence[Exam], budgets
             room = [cap[e] - len(sheets[e]) for e in group]
             key = None if rng is None else jax.random.fold_in(jax.random.fold_in(rng, j), number)
             rows = rollout(policy, [prompts[e] + sheets[e] for e in group], max_new_tokens=max(room), budgets=room,
-                           temperature=temperature, rng=key, answer_line_stop=False, stop_strings=(fmt.tag_prefix,),
+                           temperature=temperature, rng=key, answer_line_stop=False, stop_strings=fmt.tag_starts,
                            mesh=mesh)
             tokens, lengths, reasons = to_host((rows.tokens, rows.lengths, rows.stop_reason))
             for e, row, length, reason in zip(group, tokens, lengths, reasons):
                 written = row[rows.completion_start:rows.completion_start + length].tolist()
                 last = j == len(exams[e].questions) - 1
-                sheets[e] += _answer_part(policy, written, int(reason), fmt.tag_prefix, keep_stop=last)
+                sheets[e] += _answer_part(policy, written, int(reason), fmt.tag_starts, keep_stop=last)
     return [read_exam(exam, sheet, policy.decode, fmt, budget=budget, level_bounds=rules.level_bounds,
                       stopped=bool(sheet) and sheet[-1] in policy.stop_ids)
             for exam, sheet, budget in zip(exams, sheets, budgets)]
@@ -165,10 +169,12 @@ def _fitting_groups(items: list[int], lengths: list[int], rooms: list[int], limi
     return groups + [current] if current else groups
 
 
-def _answer_part(policy: Policy, written: list[int], reason: int, tag_prefix: str, *, keep_stop: bool) -> list[int]:
+def _answer_part(policy: Policy, written: list[int], reason: int, tag_starts: tuple[str, ...], *,
+                 keep_stop: bool) -> list[int]:
     """The tokens of `written` that belong to the current answer."""
     if reason == StopReason.STOP_STRING:
-        start = policy.decode(written).rindex(tag_prefix)
+        text = policy.decode(written)
+        start = max(text.rfind(tag_start) for tag_start in tag_starts)
         keep = _TokenCut(written, policy.decode)(start)
         if len(policy.decode(written[:keep])) > start:  # a token straddles the tag's start: drop it
             keep -= 1

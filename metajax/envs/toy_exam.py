@@ -2,11 +2,13 @@
 the corpus of the exam-ready toy base.
 
 The toy answers in the compact exam format (`metajax.data.formats.TOY_EXAM`): the prompt is one
-user block `"[User] Exam, 150 tokens: #1 3+4=? #2 1+2+3=? #3 5+6+7+1+2=?\n"`, and each answer is a
-level tag holding the question's number, then a RaM completion (`"<L0> #1 [Assistant] 7\n"`,
-`"<L1> #2 <thought> 1+2+3 = 3+3 = 6 </thought>\n[Assistant] 6\n"`, or the skip
-`"<L3> #3 [Assistant] NA\n"`). With one token per character, a direct answer's solution costs about
-15 tokens, a thought 45 (2 operands) to 93 (6 operands), so the levels are Level-0 up to 20
+user block `"[User] Exam, 150 tokens: P3+4=? Q1+2+3=? R5+6+7+1+2=?\n"` (each question after its
+one-letter label), and each answer restates its question, announces its level, then writes a RaM
+completion (`"P3+4=? <L0> [Assistant] 7\n"`,
+`"Q1+2+3=? <L1> <thought> 1+2+3 = 3+3 = 6 </thought>\n[Assistant] 6\n"`, or the skip
+`"R5+6+7+1+2=? <L3> [Assistant] NA\n"`). The restatement belongs to the tag: it costs
+budget but not solution tokens. With one token per character, a direct answer's solution costs
+about 15 tokens, a thought 45 (2 operands) to 93 (6 operands), so the levels are Level-0 up to 20
 tokens (direct), Level-1 up to 60 (2-3 operands), Level-2 up to 100 (4-6 operands).
 
 Tiers: easy = 2 operands (direct answers right), medium = 3-4, hard = 5-6 (direct answers mostly
@@ -27,8 +29,8 @@ import numpy as np
 
 from metajax.data import toy
 from metajax.data.example import Example
-from metajax.data.formats import ANSWER_BLOCK, THOUGHT_BLOCK, TOY_EXAM
-from metajax.data.prompts import PromptConfig, render_prompt
+from metajax.data.formats import ANSWER_BLOCK, THOUGHT_BLOCK, TOY_EXAM, USER_BLOCK
+from metajax.data.prompts import PromptConfig, question_block, render_prompt
 
 TOY_LEVEL_BOUNDS: tuple[int, ...] = (20, 60, 100)
 TOY_TIERS: tuple[tuple[int, ...], ...] = ((2,), (3, 4), (5, 6))
@@ -42,19 +44,31 @@ class ToyExamCorpus:
       max_questions: exams hold 1..max_questions questions, uniformly.
       single_share: share of plain RaM texts (one question, no exam), which keep the single-question
         skills (and `toy_pretrain`'s accuracy table) intact.
+      drill_share: share of copying drills: `"[User] Copy: P3+4=? Q1+2=? ...\n"`, then the labelled
+        questions restated in a random order, one per line. An exam of three holds two lookups by
+        label that the first question's position does not give away; a drill holds up to
+        `max_drill_questions`, so the base learns to find a question by its label.
+      max_drill_questions: drills list 2..max_drill_questions questions, uniformly.
       skip_share: share of exam answers that skip, so the skip form is known but not favoured.
       budget_range: (low, high), the stated budgets, uniform in steps of 10; the answers ignore them.
     """
 
     max_questions: int = 3
     single_share: float = 0.25
+    drill_share: float = 0.0
+    max_drill_questions: int = 8
     skip_share: float = 0.05
     budget_range: tuple[int, int] = (60, 300)
 
     def __post_init__(self):
         low, high = self.budget_range
-        if self.max_questions < 1 or not 0 <= self.single_share <= 1 or not 0 <= self.skip_share <= 1:
-            raise ValueError(f"ToyExamCorpus: need max_questions >= 1 and shares in [0, 1], got {self}")
+        shares = (self.single_share, self.drill_share, self.skip_share)
+        if self.max_questions < 1 or not all(0 <= x <= 1 for x in shares) or self.single_share + self.drill_share > 1:
+            raise ValueError(f"ToyExamCorpus: need max_questions >= 1, shares in [0, 1] and single_share + "
+                             f"drill_share <= 1, got {self}")
+        if not 2 <= self.max_drill_questions <= len(TOY_EXAM.labels):
+            raise ValueError(f"ToyExamCorpus.max_drill_questions {self.max_drill_questions} must lie in "
+                             f"2..{len(TOY_EXAM.labels)} (one label each)")
         if not 0 < low <= high:
             raise ValueError(f"ToyExamCorpus.budget_range {self.budget_range} must satisfy 0 < low <= high")
 
@@ -83,26 +97,32 @@ def solution_text(example: Example, think: bool) -> str:
 def exam_corpus(world: toy.ToyWorldConfig, n: int, seed: int, spec: ToyExamCorpus = ToyExamCorpus(),
                 difficulty_weights: Sequence[float] | None = None,
                 level_bounds: Sequence[int] = TOY_LEVEL_BOUNDS) -> list[str]:
-    """`n` texts: plain RaM texts (`spec.single_share`) and exams answered by habit.
+    """`n` texts: plain RaM texts (`spec.single_share`), copying drills (`spec.drill_share`) and
+    exams answered by habit.
 
     An exam answer thinks with the world's `p_thought` of its level, else answers directly, or
     skips (`spec.skip_share`); its level tag is drawn uniformly from the solving levels, whatever
     the answer costs. Questions avoid the world's held-out eval split, as `toy.pretraining_corpus`.
     """
     rng = np.random.default_rng(seed)
-    singles = rng.random(n) < spec.single_share
-    n_single = int(singles.sum())
-    texts = iter(toy.pretraining_corpus(world, n_single, seed + 1, difficulty_weights=difficulty_weights))
-    sizes = rng.integers(1, spec.max_questions + 1, size=n)
-    pool = iter(toy.pretraining_examples(world, int(sizes[~singles].sum()), seed + 2,
+    kind = rng.choice(3, size=n, p=[spec.single_share, spec.drill_share, 1 - spec.single_share - spec.drill_share])
+    texts = iter(toy.pretraining_corpus(world, int((kind == 0).sum()), seed + 1, difficulty_weights=difficulty_weights))
+    sizes = np.where(kind == 1, rng.integers(2, spec.max_drill_questions + 1, size=n),
+                     rng.integers(1, spec.max_questions + 1, size=n))
+    pool = iter(toy.pretraining_examples(world, int(sizes[kind > 0].sum()), seed + 2,
                                          difficulty_weights=difficulty_weights))
     skip_level = len(level_bounds)
     out = []
-    for single, size in zip(singles.tolist(), sizes.tolist()):
-        if single:
+    for kind_of_text, size in zip(kind.tolist(), sizes.tolist()):
+        if kind_of_text == 0:
             out.append(next(texts))
             continue
         questions = [next(pool) for _ in range(size)]
+        labelled = [TOY_EXAM.label(j) + question_block(q) for j, q in enumerate(questions, 1)]
+        if kind_of_text == 1:
+            out.append(USER_BLOCK.format("Copy: " + " ".join(labelled))
+                       + "".join(labelled[j] + "\n" for j in rng.permutation(size)))
+            continue
         budget = int(rng.integers(spec.budget_range[0] // 10, spec.budget_range[1] // 10 + 1)) * 10
         answers = []
         for ex in questions:
@@ -112,7 +132,7 @@ def exam_corpus(world: toy.ToyWorldConfig, n: int, seed: int, spec: ToyExamCorpu
                 think = rng.random() < world.thought_share(ex.difficulty)
                 answers.append((int(rng.integers(0, skip_level)), solution_text(ex, think)))
         prompt = render_prompt(exam_prompt_config(budget, level_bounds), questions)
-        out.append(prompt + TOY_EXAM.response(answers, skip_level))
+        out.append(prompt + TOY_EXAM.response(answers, skip_level, [question_block(q) for q in questions]))
     return out
 
 

@@ -107,7 +107,7 @@ class ROIConfig:
 
     format: str = "toy"
     level_bounds: tuple[int, ...] = TOY_LEVEL_BOUNDS
-    budgets: tuple[int, ...] = (120, 200)
+    budgets: tuple[int, ...] = (150, 230)
     orderings: tuple[str, ...] = ("medium", "hard")
     questions_per_exam: int = 3
     test_exams: int = 200
@@ -145,6 +145,10 @@ class ROIConfig:
                      "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"roi.{name} must be >= 1, got {getattr(self, name)}")
+        labels = EXAM_FORMATS[self.format].labels
+        if labels and self.questions_per_exam > len(labels):
+            raise ValueError(f"roi.questions_per_exam {self.questions_per_exam}: the {self.format} exam format labels "
+                             f"at most {len(labels)} questions ({labels})")
         if self.eval_cap is not None and self.eval_cap < max(self.budgets):
             raise ValueError(f"roi.eval_cap {self.eval_cap} must be at least the largest budget {max(self.budgets)}")
 
