@@ -95,6 +95,12 @@ def test_stage2_target_skips_what_would_overrun_the_budget():
     best = POLICY.decode(exam_target(POLICY, RULES, sheet, labels, 90, "best"))
     assert in_order.startswith("P1+2+3=? <L2> <thought>") and in_order.count("<L3>") == 2
     assert best == "P1+2+3=? <L3> [Assistant] NA\nQ1+2+3=? <L0> [Assistant] 6\nR1+2+3=? <L0> [Assistant] 6\n"
+    # Budget 60: after the first light answer (28) the second (28 more) fits, the third would overrun
+    # (56 + 28 > 60): both plans skip it rather than start an answer the budget cuts.
+    light_sheet = [light, light, light]
+    for plan in ("best", "in_order"):
+        text = POLICY.decode(exam_target(POLICY, RULES, sheet, light_sheet, 60, plan))
+        assert text.count("<L0>") == 2 and text.endswith("R1+2+3=? <L3> [Assistant] NA\n"), (plan, text)
     # A budget that fits everything solves everything in both plans, and ends with the stop token.
     for plan in ("best", "in_order"):
         tokens = exam_target(POLICY, RULES, sheet, labels, 250, plan)

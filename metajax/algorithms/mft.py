@@ -165,10 +165,10 @@ def exam_target(policy: Policy, rules: ExamRules, exam: Exam, labels: Sequence[L
         raise ValueError(f"unknown stage-2 plan {plan!r}; choose best or in_order")
     tokens, left = [], budget
     for j in range(len(labels)):
-        if plan == "best":
-            solve = solvable[j] and table[j, left] == 0
-        else:
-            solve = solvable[j] and cost[j][0] <= left
+        # A question whose solution would overrun what is left is skipped, never attempted: a cut
+        # attempt and a skip both score 0, so the DP's table may pick either, and the target must
+        # teach the skip.
+        solve = solvable[j] and cost[j][0] <= left and (plan == "in_order" or table[j, left] == 0)
         tokens += (separator if j else []) + (answers[j] if solve else skips[j])
         left = max(0, left - cost[j][0 if solve else 1])
     return tokens + [policy.stop_ids[-1]]
