@@ -118,8 +118,9 @@ def exam_corpus(world: toy.ToyWorldConfig, n: int, seed: int, spec: ToyExamCorpu
             out.append(next(texts))
             continue
         questions = [next(pool) for _ in range(size)]
-        labelled = [TOY_EXAM.label(j) + question_block(q) for j, q in enumerate(questions, 1)]
+        question_texts = [question_block(q) for q in questions]
         if kind_of_text == 1:
+            labelled = [TOY_EXAM.label(j) + text for j, text in enumerate(question_texts, 1)]
             out.append(USER_BLOCK.format("Copy: " + " ".join(labelled))
                        + "".join(labelled[j] + "\n" for j in rng.permutation(size)))
             continue
@@ -132,7 +133,7 @@ def exam_corpus(world: toy.ToyWorldConfig, n: int, seed: int, spec: ToyExamCorpu
                 think = rng.random() < world.thought_share(ex.difficulty)
                 answers.append((int(rng.integers(0, skip_level)), solution_text(ex, think)))
         prompt = render_prompt(exam_prompt_config(budget, level_bounds), questions)
-        out.append(prompt + TOY_EXAM.response(answers, skip_level, [question_block(q) for q in questions]))
+        out.append(prompt + TOY_EXAM.response(answers, skip_level, question_texts))
     return out
 
 
