@@ -324,7 +324,8 @@ def run_roi_pipeline(config: Config, run_dir: Path) -> dict:
             labelled = _interleaved(train_tiers, config.mft.questions, config.seed)
             labelled_ids = {q.id for q in labelled}
             labelled_tiers = [[q for q in tier if q.id in labelled_ids] for tier in train_tiers]
-            stage2 = training_sheets(labelled_tiers, config.mft.stage2_exams, roi, seed=config.seed, prefix="mft")
+            stage2 = training_sheets(labelled_tiers, config.mft.stage2_exams, roi, seed=config.seed, prefix="mft",
+                                     budgets=config.mft.stage2_budgets)
             policies["mft"] = _trained(config, run_dir / "mft", base, lambda: run_mft(
                 base, roi.rules, labelled, stage2, config.mft, config.train, run_dir / "mft", budgets=roi.budgets,
                 seed=config.seed, metrics=metrics, mesh=mesh, remat=config.model.remat,

@@ -118,3 +118,15 @@ def test_exam_drawing_refuses_bad_requests():
     check_disjoint(train, make_exams([_tier("b", 5)], 3, prefix="test"))
     with pytest.raises(ValueError, match="also appear in training"):
         check_disjoint(train, make_exams([_tier("a", 5)], 3, prefix="test"))
+
+
+def test_training_sheets_cycle_the_given_budgets_over_both_orderings():
+    from metajax.eval.roi_eval import ROIConfig, training_sheets
+    tiers = [_tier("easy", 10), _tier("medium", 10), _tier("hard", 10)]
+    config = ROIConfig(budgets=(150, 230), orderings=("medium", "hard"))
+    run = training_sheets(tiers, 12, config, seed=0, prefix="mft")
+    assert [b for _, b in run] == [150, 230] * 6
+    wide = training_sheets(tiers, 12, config, seed=0, prefix="mft", budgets=(100, 150, 260))
+    assert [b for _, b in wide] == [100, 150, 260] * 4
+    assert [e for e, _ in wide] == [e for e, _ in run]  # the same sheets, only the stated budgets differ
+    assert {e.tiers == (2, 1, 0) for e, _ in run} == {True, False}  # hard-first and mixed sheets both

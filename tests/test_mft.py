@@ -109,7 +109,8 @@ def test_stage2_target_skips_what_would_overrun_the_budget():
 
 def test_mft_config_rejects_bad_values():
     for bad, match in [(dict(samples_per_question=0), "samples_per_question"), (dict(label_rule="mean"), "label_rule"),
-                       (dict(temperature=0.0), "temperature"), (dict(stage1_budget=0), "stage1_budget")]:
+                       (dict(temperature=0.0), "temperature"), (dict(stage1_budget=0), "stage1_budget"),
+                       (dict(stage2_budgets=()), "stage2_budgets"), (dict(stage2_budgets=(150, 0)), "stage2_budgets")]:
         with pytest.raises(ValueError, match=match):
             MFTConfig(**bad)
 

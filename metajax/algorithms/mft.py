@@ -51,7 +51,10 @@ class MFTConfig:
         lower one, then its shortest solution).
       stage1_budget: the budget stated in single-question prompts, and their generation cap (None:
         the largest budget of the run).
-      stage2_exams: training exams of stage 2, spread over the run's budgets and orderings.
+      stage2_exams: training exams of stage 2, spread over `stage2_budgets` and the run's orderings.
+      stage2_budgets: the budgets stage-2 exams state and are planned under (None: the run's
+        budgets). A wider spread than the test budgets gives the policy many exams whose best plan
+        changes with the stated budget, so it learns to read it.
       stage2_plan: which labelled questions a stage-2 exam solves: "best" (the most questions that
         fit the budget, by the oracle's dynamic programme on the labelled costs) or "in_order" (solve
         each question whose labelled cost fits what is left, in order).
@@ -71,6 +74,7 @@ class MFTConfig:
     label_rule: Literal["shortest", "median", "most_frequent"] = "shortest"
     stage1_budget: int | None = None
     stage2_exams: int = 1024
+    stage2_budgets: tuple[int, ...] | None = None
     stage2_plan: Literal["best", "in_order"] = "best"
     epochs: int = 1
     batch_size: int = 16
@@ -91,6 +95,9 @@ class MFTConfig:
             raise ValueError(f"mft.label_rule {self.label_rule!r} is not one of {LABEL_RULES}")
         if self.stage2_exams < 0 or (self.stage1_budget is not None and self.stage1_budget < 1):
             raise ValueError("mft.stage2_exams must be >= 0 and mft.stage1_budget >= 1 (or null)")
+        if self.stage2_budgets is not None and (not self.stage2_budgets or min(self.stage2_budgets) < 1):
+            raise ValueError(f"mft.stage2_budgets must be a non-empty list of budgets >= 1 (or null), got "
+                             f"{self.stage2_budgets}")
         if self.temperature <= 0:
             raise ValueError(f"mft.temperature must be > 0 (rejection sampling needs variety), got {self.temperature}")
 

@@ -168,14 +168,16 @@ class ROIConfig:
 
 
 def training_sheets(tiers: Sequence[Sequence[Example]], count: int, config: ROIConfig, *, seed: int,
-                    prefix: str) -> list[tuple[Exam, int]]:
-    """`count` training (exam, budget) pairs: half in each test ordering, budgets in turn."""
+                    prefix: str, budgets: Sequence[int] | None = None) -> list[tuple[Exam, int]]:
+    """`count` training (exam, budget) pairs: half in each test ordering, `budgets` (default: the
+    run's) in turn."""
+    budgets = tuple(budgets or config.budgets)
     per = -(-count // len(config.orderings))
     exams = [exam for k, ordering in enumerate(config.orderings)
              for exam in make_exams(tiers, per, questions_per_exam=config.questions_per_exam, ordering=ordering,
                                     seed=seed + k, prefix=f"{prefix}-{ordering}")]
     order = np.random.default_rng(seed).permutation(len(exams))[:count]
-    return [(exams[i], config.budgets[n % len(config.budgets)]) for n, i in enumerate(order.tolist())]
+    return [(exams[i], budgets[n % len(budgets)]) for n, i in enumerate(order.tolist())]
 
 
 def test_sheets(tiers: Sequence[Sequence[Example]], config: ROIConfig, *, seed: int) -> dict[str, list[Exam]]:
