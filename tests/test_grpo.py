@@ -272,10 +272,20 @@ def test_loop_logs_metrics_resumes_bitwise_and_compiles_per_bucket(toy, tmp_path
 
 def test_grpo_config_rejects_bad_values():
     for bad, match in [(dict(mini_batch_size=5), "mini_batch_size"), (dict(temperature=0.0), "temperature"),
-                       (dict(rewards=()), "at least one term"), (dict(num_generations=0), "num_generations")]:
+                       (dict(rewards=()), "at least one term"), (dict(num_generations=0), "num_generations"),
+                       (dict(prompts_per_step=8, questions=7), "grpo.questions")]:
         with pytest.raises(ValueError, match=match):
             GRPOConfig(**bad)
     with pytest.raises(ValueError, match="package.module:name"):
         RewardTerm("function", function="nomodule")
     with pytest.raises(ValueError, match="needs `function"):
         RewardTerm("function")
+
+
+def test_a_pool_of_one_tenth_puts_the_same_questions_in_the_first_and_last_tenth():
+    from metajax.algorithms.grpo import _Order
+    order = _Order(80, seed=3)
+    steps = [order.indices(step, 8) for step in range(100)]
+    first, last = sum(steps[:10], []), sum(steps[90:], [])
+    assert sorted(first) == sorted(last) == list(range(80))
+    assert first != last  # each pass in a new order

@@ -52,6 +52,10 @@ class GRPOConfig:
       max_steps: rollout-and-update steps.
       prompts_per_step: questions per step (TRL's per_device_train_batch_size x devices /
         num_generations: TRL counts completions).
+      questions: `task: grpo` trains on the first this many training questions (None: all), each
+        pass over them in a new order. With prompts_per_step x max_steps / 10 of them, the first and
+        last tenth of the run sit the same questions, so their mean rewards compare the policy rather
+        than the draw. (RARL's exams are `roi.train_exams`.)
       num_generations: G, completions per question (Dr. GRPO: 8).
       num_iterations: mu, optimisation epochs over each step's rollouts (Dr. GRPO: 1; with more, the
         ratio moves off 1 and the clip acts).
@@ -82,6 +86,7 @@ class GRPOConfig:
 
     max_steps: int = 100
     prompts_per_step: int = 16
+    questions: int | None = None
     num_generations: int = 8
     num_iterations: int = 1
     mini_batch_size: int | None = None
@@ -106,6 +111,9 @@ class GRPOConfig:
                      "gradient_accumulation_steps", "max_completion_length", "save_steps", "score_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"grpo.{name} must be >= 1, got {getattr(self, name)}")
+        if self.questions is not None and self.questions < self.prompts_per_step:
+            raise ValueError(f"grpo.questions={self.questions} must be at least prompts_per_step="
+                             f"{self.prompts_per_step} (or null: the whole training split)")
         batch = self.prompts_per_step * self.num_generations
         mini = self.mini_batch_size or batch
         if mini < 1 or batch % mini or mini % self.gradient_accumulation_steps:
