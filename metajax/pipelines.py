@@ -135,8 +135,8 @@ def _train_expert_iteration(config: Config, base: Policy, questions, out_dir: Pa
 
 
 def _train_grpo(config: Config, base: Policy, questions, out_dir: Path, *, metrics, fewshot, mesh) -> Policy:
-    return run_grpo(base, list(questions)[:config.grpo.questions], config.grpo, config.train, out_dir, seed=config.seed, metrics=metrics,
-                    fewshot=fewshot, mesh=mesh, remat=config.model.remat,
+    return run_grpo(base, list(questions)[:config.grpo.questions], config.grpo, config.train, out_dir,
+                    seed=config.seed, metrics=metrics, fewshot=fewshot, mesh=mesh, remat=config.model.remat,
                     compute_dtype=_dtype(config.model.compute_dtype))
 
 

@@ -53,8 +53,8 @@ class MFTConfig:
         the largest budget of the run).
       stage2_exams: training exams of stage 2, spread over `stage2_budgets` and the run's orderings.
       stage2_budgets: the budgets stage-2 exams state and are planned under (None: the run's
-        budgets). A wider spread than the test budgets gives the policy many exams whose best plan
-        changes with the stated budget, so it learns to read it.
+        budgets). A wider spread than the test budgets gives more exams whose best plan changes
+        with the stated budget (on the toy it did not teach the policy to read it: README).
       stage2_plan: which labelled questions a stage-2 exam solves: "best" (the most questions that
         fit the budget, by the oracle's dynamic programme on the labelled costs) or "in_order" (solve
         each question whose labelled cost fits what is left, in order).
