@@ -36,12 +36,13 @@ def _read(ids, budget=1000, exam=EXAM, stopped=True):
 def _toy_response(levels_and_thinks):
     answers = [(level, None if think is None else solution_text(q, think))
                for q, (level, think) in zip(EXAM.questions, levels_and_thinks)]
-    return TOY_EXAM.response(answers, skip_level=len(TOY_LEVEL_BOUNDS), questions=[q.question for q in EXAM.questions])
+    return TOY_EXAM.response(answers, skip_level=len(TOY_LEVEL_BOUNDS), questions=[q.question for q in EXAM.questions],
+                             budget=150)
 
 
-FIRST = "P3+4=? <L0> [Assistant] 7\n"
-SECOND = "Q1+2+3=? <L1> <thought> 1+2+3 = 3+3 = 6 </thought>\n[Assistant] 6\n"
-THIRD = "R5+6+7+1+2=? <L3> [Assistant] NA\n"
+FIRST = "P3+4=? 150 <L0> [Assistant] 7\n"
+SECOND = "Q1+2+3=? 150 <L1> <thought> 1+2+3 = 3+3 = 6 </thought>\n[Assistant] 6\n"
+THIRD = "R5+6+7+1+2=? 150 <L3> [Assistant] NA\n"
 
 
 def test_a_well_formed_exam_is_read_token_exactly():
@@ -60,7 +61,7 @@ def test_a_well_formed_exam_is_read_token_exactly():
     # Segments run tag to tag (a tag starts at its restated question); the last one keeps the EOS.
     np.testing.assert_array_equal(out.position_tokens, [len(FIRST), len(SECOND), len(THIRD) + 1])
     assert out.tokens == len(text) + 1 and not out.truncated
-    tags = [len("P3+4=? <L0>"), len("Q1+2+3=? <L1>"), len("R5+6+7+1+2=? <L3>")]
+    tags = [len("P3+4=? 150 <L0>"), len("Q1+2+3=? 150 <L1>"), len("R5+6+7+1+2=? 150 <L3>")]
     np.testing.assert_array_equal(out.solution_start, [tags[0], len(FIRST) + tags[1], len(FIRST + SECOND) + tags[2]])
     np.testing.assert_array_equal(out.segment_end, [len(FIRST), len(FIRST + SECOND), len(text) + 1])
 
@@ -216,6 +217,7 @@ def test_exam_corpus_holds_exams_drills_and_single_questions_in_their_shares():
             assert sorted(response.splitlines()) == sorted(listed)  # every question restated once, any order
         elif prompt.startswith("[User] Exam, "):
             kinds["exam"] += 1
+            budget = int(prompt[len("[User] Exam, "):].split(" ")[0])
             listed = prompt.split(": ", 1)[1].split(" ")
             questions = tuple(toy._example(f"q{j}", _operands(q[1:])) for j, q in enumerate(listed))
             exam = Exam("corpus", questions, (0,) * len(questions))
@@ -223,8 +225,10 @@ def test_exam_corpus_holds_exams_drills_and_single_questions_in_their_shares():
             ids = _ids(response)
             out = read_exam(exam, ids, lambda x: TOKENIZER.decode(x, skip_special_tokens=True), TOY_EXAM,
                             budget=1000, level_bounds=TOY_LEVEL_BOUNDS)
-            # Each answer restates its own question after its label and is right unless it skips.
-            assert [m.group(0).split(" <L")[0] for m in TOY_EXAM.level_pattern.finditer(response)] == listed
+            # Each answer restates its own question after its label, and the budget, and is right
+            # unless it skips.
+            assert [m.group(0) for m in TOY_EXAM.level_pattern.finditer(response)] == [
+                f"{q} {budget} <L{level}>" for q, level in zip(listed, out.predicted_level)]
             np.testing.assert_array_equal(out.correct, ~out.skipped)
         else:
             kinds["single"] += 1

@@ -40,16 +40,16 @@ def test_planned_sitting_writes_the_forced_actions_and_counts_every_token(tiers)
     out = sit_planned(policy, RULES, exams, [150] * 4, plans, cap=[250] * 4)
     for exam, o in zip(exams, out):
         text = policy.decode(o.ids)
-        q = [question.question for question in exam.questions]  # each forced tag restates its question
-        assert text.startswith(f"P{q[0]} <L2> <thought>") and f"Q{q[1]} <L3> [Assistant] NA\n" in text
-        assert f"R{q[2]} <L0> [Assistant]" in text
+        q = [question.question for question in exam.questions]  # each forced tag restates its question and budget
+        assert text.startswith(f"P{q[0]} 150 <L2> <thought>") and f"Q{q[1]} 150 <L3> [Assistant] NA\n" in text
+        assert f"R{q[2]} 150 <L0> [Assistant]" in text
         np.testing.assert_array_equal(o.predicted_level, [2, 3, 0])
         np.testing.assert_array_equal(o.skipped, [False, True, False])
         assert o.tokens == min(150, len(o.ids)) and len(o.ids) <= 250
         assert o.position_tokens.sum() == o.tokens
     # A budget reached mid-sheet: the cap stops generation, the later questions get no segment.
     short = sit_planned(policy, RULES, exams[:1], [30], plans[:1])
-    assert len(short[0].ids) <= 30 + len(policy.encode(f"P{exams[0].questions[0].question} <L2> <thought>"))
+    assert len(short[0].ids) <= 30 + len(policy.encode(f"P{exams[0].questions[0].question} 30 <L2> <thought>"))
     with pytest.raises(ValueError, match="budgets must be >= 0"):
         sit(policy, RULES, exams[:1], [-1])
 

@@ -186,15 +186,18 @@ def test_roi_exam_prompt_and_response():
 def test_toy_exam_prompt_and_response():
     cfg = PromptConfig(style="toy_exam", exam_budget=150, level_bounds=(20, 60, 100))
     assert render_prompt(cfg, ["3+4=?", "1+2+3=?"]) == "[User] Exam, 150 tokens: P3+4=? Q1+2+3=?\n"
-    # Each answer restates its question after its label, then announces its level.
-    assert TOY_EXAM.response([(0, "[Assistant] 7\n"), (3, None)], skip_level=3, questions=["3+4=?", "1+2+3=?"]) == (
-        "P3+4=? <L0> [Assistant] 7\nQ1+2+3=? <L3> [Assistant] NA\n")
+    # Each answer restates its question after its label and the budget, then announces its level.
+    assert TOY_EXAM.response([(0, "[Assistant] 7\n"), (3, None)], skip_level=3, questions=["3+4=?", "1+2+3=?"],
+                             budget=150) == "P3+4=? 150 <L0> [Assistant] 7\nQ1+2+3=? 150 <L3> [Assistant] NA\n"
     with pytest.raises(ValueError, match="2 answers but 1 question"):
-        TOY_EXAM.response([(0, "[Assistant] 7\n"), (3, None)], skip_level=3, questions=["3+4=?"])
+        TOY_EXAM.response([(0, "[Assistant] 7\n"), (3, None)], skip_level=3, questions=["3+4=?"], budget=150)
+    with pytest.raises(ValueError, match="restates the exam's budget"):
+        TOY_EXAM.tag(0, 1, "3+4=?")
     # A tag without its restatement still reads; a label or "<" inside a restatement ends it.
-    matches = list(TOY_EXAM.level_pattern.finditer("P3+4=? <L0> x <L2> <L> <Lx> R5+6+7=? <L1> y S1<2 <L0> TQ1=? <L2>"))
+    matches = list(TOY_EXAM.level_pattern.finditer("P3+4=? 150 <L0> x <L2> <L> <Lx> R5+6+7=? <L1> y S1<2 <L0> "
+                                                   "TQ1=? 90 <L2>"))
     assert [(int(m.group(1)), m.group(0)) for m in matches] == [
-        (0, "P3+4=? <L0>"), (2, "<L2>"), (1, "R5+6+7=? <L1>"), (0, "<L0>"), (2, "Q1=? <L2>")]
+        (0, "P3+4=? 150 <L0>"), (2, "<L2>"), (1, "R5+6+7=? <L1>"), (0, "<L0>"), (2, "Q1=? 90 <L2>")]
     # Ten labels, each used nowhere else in the toy's texts: an eleventh question is refused.
     assert TOY_EXAM.label(1) == "P" and TOY_EXAM.label(10) == "Z" and ROI_EXAM.label(12) == ""
     with pytest.raises(ValueError, match="question 11 has no label"):

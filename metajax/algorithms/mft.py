@@ -5,9 +5,9 @@
 2. Labels: a question's level comes from its correct solutions' token counts (`label_rule`); with
    no correct solution the target is the skip (`Level-<skip>` and the skip answer).
 3. Stage 1 fine-tunes on single questions: the labelled tag, then the sampled solution tokens.
-   Stage 2 fine-tunes on whole exams under their shared budget, built from the labelled solutions:
-   a question is solved where its labelled cost fits the plan (`stage2_plan`), and skipped where it
-   would overrun the budget left.
+   Stage 2 fine-tunes on whole exams under their shared budget, built from the sampled solutions:
+   each question is answered at the level the plan picks for that budget (`stage2_plan`), or
+   skipped where no answer pays or fits the budget left.
 Both stages go through the shared train step (`metajax.train.train_sft`). The solution tokens are
 the ones the sampler drew; only the tag in front of them is written from the label.
 """
@@ -34,7 +34,8 @@ from metajax.progress import phase
 from metajax.sampling.policy import Policy
 from metajax.train import Checkpointer, OptimizerConfig, train_sft
 
-LABEL_RULES = ("shortest", "median", "most_frequent")
+LABEL_RULES = ("shortest", "median", "most_frequent", "surest")
+STAGE2_PLANS = ("best", "expected", "in_order")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,17 +48,23 @@ class MFTConfig:
       temperature: sampling temperature of the K solutions.
       label_rule: which correct solution sets the label and the target: "shortest" (the fewest
         tokens: the cheapest way to be right, the rational choice, and metajax's default), "median"
-        (the median count, lower middle), or "most_frequent" (the most common level, ties to the
-        lower one, then its shortest solution).
+        (the median count, lower middle), "most_frequent" (the most common level, ties to the
+        lower one, then its shortest solution), or "surest" (the level whose samples were right most
+        often, smoothed as `Label.success`, ties to the lower one, then its shortest solution: a
+        cheap level right once by luck does not beat a dearer one right every time).
       stage1_budget: the budget stated in single-question prompts, and their generation cap (None:
         the largest budget of the run).
       stage2_exams: training exams of stage 2, spread over `stage2_budgets` and the run's orderings.
       stage2_budgets: the budgets stage-2 exams state and are planned under (None: the run's
         budgets). A wider spread than the test budgets gives more exams whose best plan changes
         with the stated budget (on the toy it did not teach the policy to read it: README).
-      stage2_plan: which labelled questions a stage-2 exam solves: "best" (the most questions that
-        fit the budget, by the oracle's dynamic programme on the labelled costs) or "in_order" (solve
-        each question whose labelled cost fits what is left, in order).
+      stage2_plan: how a stage-2 exam answers its labelled questions: "best" (the most questions
+        that fit the budget, by the oracle's dynamic programme on the labelled costs), "expected"
+        (each question at any level some sample was right at, with that level's shortest right
+        solution: the highest expected score by the same programme, each level scoring its
+        `Label.success`; so a question may be solved at a cheap, less sure level under a small budget
+        and at a sure, dearer one under a large budget), or "in_order" (solve each question whose
+        labelled cost fits what is left, in order).
       epochs: passes over each stage's rows. batch_size: rows per update.
       gradient_accumulation_steps: micro-batches per update (less activation memory, the same
         gradient); must divide batch_size.
@@ -71,11 +78,11 @@ class MFTConfig:
     questions: int = 1024
     samples_per_question: int = 4
     temperature: float = 1.0
-    label_rule: Literal["shortest", "median", "most_frequent"] = "shortest"
+    label_rule: Literal["shortest", "median", "most_frequent", "surest"] = "shortest"
     stage1_budget: int | None = None
     stage2_exams: int = 1024
     stage2_budgets: tuple[int, ...] | None = None
-    stage2_plan: Literal["best", "in_order"] = "best"
+    stage2_plan: Literal["best", "expected", "in_order"] = "best"
     epochs: int = 1
     batch_size: int = 16
     gradient_accumulation_steps: int = 1
@@ -93,6 +100,8 @@ class MFTConfig:
                              f"batch_size={self.batch_size}")
         if self.label_rule not in LABEL_RULES:
             raise ValueError(f"mft.label_rule {self.label_rule!r} is not one of {LABEL_RULES}")
+        if self.stage2_plan not in STAGE2_PLANS:
+            raise ValueError(f"mft.stage2_plan {self.stage2_plan!r} is not one of {STAGE2_PLANS}")
         if self.stage2_exams < 0 or (self.stage1_budget is not None and self.stage1_budget < 1):
             raise ValueError("mft.stage2_exams must be >= 0 and mft.stage1_budget >= 1 (or null)")
         if self.stage2_budgets is not None and (not self.stage2_budgets or min(self.stage2_budgets) < 1):
@@ -110,20 +119,55 @@ class Label:
       level: the labelled level; the skip level when no sampled solution was right.
       solution: the chosen solution's sampled token ids after its tag, stop token excluded; () for
         the skip.
-      correct: how many of the K samples were right (within their level bounds).
+      correct: how many of the K samples were right (within their level bounds); for one level's
+        option (`level_options`), how many of that level.
+      success: how often the samples that spent this level were right, smoothed as
+        (right + 1) / (spent + 2) so that one lucky sample is not a certainty; 0 for the skip.
     """
 
     level: int
     solution: tuple[int, ...]
     correct: int
+    success: float = 0.0
+
+
+def _usable(samples: Sequence[ExamOutcome], rules: ExamRules) -> list[ExamOutcome]:
+    """The right, unskipped, tagged samples within the last level's bound."""
+    return [o for o in samples if o.correct[0] and not o.skipped[0] and o.predicted_level[0] >= 0
+            and o.actual_level[0] < rules.skip_level]
+
+
+def _solution(sample: ExamOutcome, stop_ids: Sequence[int]) -> tuple[int, ...]:
+    solution = list(sample.ids[sample.solution_start[0]:sample.segment_end[0]])
+    while solution and solution[-1] in stop_ids:
+        solution.pop()
+    return tuple(solution)
+
+
+def _success(samples: Sequence[ExamOutcome], level: int) -> float:
+    spent = [o for o in samples if not o.skipped[0] and o.actual_level[0] == level]
+    return (sum(bool(o.correct[0]) for o in spent) + 1) / (len(spent) + 2)
+
+
+def level_options(samples: Sequence[ExamOutcome], rules: ExamRules, stop_ids: Sequence[int]) -> list[Label]:
+    """One question's ways to be right, one per level some sample was right at (lowest first): that
+    level's shortest right solution and its smoothed success."""
+    usable = sorted(_usable(samples, rules), key=lambda o: int(o.solution_tokens[0]))
+    levels = sorted({int(o.actual_level[0]) for o in usable})
+    return [Label(level, _solution(next(o for o in usable if o.actual_level[0] == level), stop_ids),
+                  sum(int(o.actual_level[0]) == level for o in usable), _success(samples, level))
+            for level in levels]
 
 
 def label(samples: Sequence[ExamOutcome], rules: ExamRules, rule: str, stop_ids: Sequence[int]) -> Label:
     """The label of one question from its sampled one-question exams."""
-    usable = [o for o in samples if o.correct[0] and not o.skipped[0] and o.predicted_level[0] >= 0
-              and o.actual_level[0] < rules.skip_level]
+    usable = _usable(samples, rules)
     if not usable:
         return Label(rules.skip_level, (), 0)
+    if rule == "surest":
+        options = level_options(samples, rules, stop_ids)
+        best = max(options, key=lambda option: (option.success, -option.level))
+        return dataclasses.replace(best, correct=len(usable))
     by_cost = sorted(usable, key=lambda o: int(o.solution_tokens[0]))  # stable: ties keep sample order
     if rule == "shortest":
         chosen = by_cost[0]
@@ -135,49 +179,54 @@ def label(samples: Sequence[ExamOutcome], rules: ExamRules, rule: str, stop_ids:
         chosen = next(o for o in by_cost if o.actual_level[0] == level)
     else:
         raise ValueError(f"unknown label rule {rule!r}; choose one of {LABEL_RULES}")
-    solution = list(chosen.ids[chosen.solution_start[0]:chosen.segment_end[0]])
-    while solution and solution[-1] in stop_ids:
-        solution.pop()
-    return Label(int(chosen.actual_level[0]), tuple(solution), len(usable))
+    level = int(chosen.actual_level[0])
+    return Label(level, _solution(chosen, stop_ids), len(usable), _success(samples, level))
 
 
-def answer_ids(policy: Policy, rules: ExamRules, target: Label, position: int = 1, question: str = "") -> list[int]:
-    """The tokens of one labelled answer to `question` (its text) at `position` (1-based): the tag
-    (or the whole skip answer), then the solution."""
+def answer_ids(policy: Policy, rules: ExamRules, target: Label, budget: int, position: int = 1,
+               question: str = "") -> list[int]:
+    """The tokens of one labelled answer to `question` (its text) at `position` (1-based) in an exam
+    of `budget` tokens: the tag (or the whole skip answer), then the solution."""
     fmt = rules.format
     if target.level == rules.skip_level:
-        return policy.encode(fmt.answer(target.level, None, rules.skip_level, position, question))
-    return policy.encode(fmt.tag(target.level, position, question)) + list(target.solution)
+        return policy.encode(fmt.answer(target.level, None, rules.skip_level, position, question, budget))
+    return policy.encode(fmt.tag(target.level, position, question, budget)) + list(target.solution)
 
 
-def exam_target(policy: Policy, rules: ExamRules, exam: Exam, labels: Sequence[Label], budget: int,
+def exam_target(policy: Policy, rules: ExamRules, exam: Exam, options: Sequence[Sequence[Label]], budget: int,
                 plan: str) -> list[int]:
-    """A stage-2 exam's target tokens: the labelled answers in order, with the questions the plan
-    leaves out skipped, and the end of the sheet."""
-    skip = Label(rules.skip_level, (), 0)
+    """A stage-2 exam's target tokens: for each question one of its `options` (labelled answers,
+    none where it is skipped) or the skip, as `plan` chooses (`MFTConfig.stage2_plan`), and the end
+    of the sheet."""
+    if plan not in STAGE2_PLANS:
+        raise ValueError(f"unknown stage-2 plan {plan!r}; choose one of {STAGE2_PLANS}")
     separator = policy.encode(rules.format.separator) if rules.format.separator else []
     texts = [question_block(q) for q in exam.questions]
-    answers = [answer_ids(policy, rules, lab, j, text) for j, (lab, text) in enumerate(zip(labels, texts), 1)]
-    skips = [answer_ids(policy, rules, skip, j, text) for j, text in enumerate(texts, 1)]
-    cost = [[len(a) + len(separator) * (j > 0), len(s) + len(separator) * (j > 0)]
-            for j, (a, s) in enumerate(zip(answers, skips))]
-    solvable = [lab.level != rules.skip_level for lab in labels]
-    if plan == "best":
-        width = max(max(c) for c in cost) + 1
-        pmf = np.zeros((len(labels), 2, width))
-        for j, (solve_cost, skip_cost) in enumerate(cost):
-            pmf[j, 0, solve_cost] = pmf[j, 1, skip_cost] = 1.0
-        _, table = oracle_value(np.array([[float(s), 0.0] for s in solvable]), pmf, budget)
-    elif plan != "in_order":
-        raise ValueError(f"unknown stage-2 plan {plan!r}; choose best or in_order")
+    skip = Label(rules.skip_level, (), 0)
+    # Per question: its options' answers, then the skip's, each with its cost in tokens.
+    answers = [[answer_ids(policy, rules, lab, budget, j, text) for lab in (*opts, skip)]
+               for j, (opts, text) in enumerate(zip(options, texts), 1)]
+    costs = [[len(a) + len(separator) * (j > 0) for a in answer] for j, answer in enumerate(answers)]
+    if plan != "in_order":
+        # The oracle's DP on known costs; an action a question lacks costs more than the budget.
+        width = max(budget + 2, max(max(c) for c in costs) + 1)
+        actions = max(len(c) for c in costs)
+        success, pmf = np.zeros((len(options), actions)), np.zeros((len(options), actions, width))
+        pmf[:, :, -1] = 1.0
+        for j, (opts, cost) in enumerate(zip(options, costs)):
+            for a, c in enumerate(cost):
+                pmf[j, a] = np.eye(width)[c]
+            success[j, :len(opts)] = [1.0 if plan == "best" else lab.success for lab in opts]
+        _, table = oracle_value(success, pmf, budget)
     tokens, left = [], budget
-    for j in range(len(labels)):
-        # A question whose solution would overrun what is left is skipped, never attempted: a cut
-        # attempt and a skip both score 0, so the DP's table may pick either, and the target must
-        # teach the skip.
-        solve = solvable[j] and cost[j][0] <= left and (plan == "in_order" or table[j, left] == 0)
-        tokens += (separator if j else []) + (answers[j] if solve else skips[j])
-        left = max(0, left - cost[j][0 if solve else 1])
+    for j, (opts, cost) in enumerate(zip(options, costs)):
+        choice = (0 if opts else len(opts)) if plan == "in_order" else int(table[j, left])
+        # An answer that would overrun what is left is skipped, never attempted: a cut attempt and a
+        # skip both score 0, so the DP's table may pick either, and the target must teach the skip.
+        if choice >= len(opts) or cost[choice] > left:
+            choice = len(opts)
+        tokens += (separator if j else []) + answers[j][choice]
+        left = max(0, left - cost[choice])
     return tokens + [policy.stop_ids[-1]]
 
 
@@ -189,7 +238,8 @@ def run_mft(base: Policy, rules: ExamRules, questions: Sequence[Example], stage2
     on `stage2_exams` ((exam, budget) pairs); returns the policy and a summary of the labels.
     `remat` and `compute_dtype` are the shared train step's (`metajax.train.make_train_step`).
 
-    Writes `mft_labels.jsonl` (one line per question: level, correct samples, the solution text).
+    Writes `mft_labels.jsonl` (one line per question: level, correct samples, the level's smoothed
+    success, the solution text).
     """
     if not questions:
         raise ValueError("MFT needs training questions; none were loaded")
@@ -200,27 +250,33 @@ def run_mft(base: Policy, rules: ExamRules, questions: Sequence[Example], stage2
     with phase("mft", f"sampling {k} solutions for each of {len(questions)} questions"):
         samples = sit(base, rules, singles, [budget] * len(singles), n_samples=k, temperature=config.temperature,
                       rng=jax.random.key(seed), batch_size=config.sample_batch_size, mesh=mesh)
-    labels = [label(samples[i * k:(i + 1) * k], rules, config.label_rule, base.stop_ids) for i in range(len(questions))]
+    per_question = [samples[i * k:(i + 1) * k] for i in range(len(questions))]
+    labels = [label(group, rules, config.label_rule, base.stop_ids) for group in per_question]
     levels = Counter(lab.level for lab in labels)
     print("[mft] labels: " + ", ".join(f"Level-{level} {levels[level]}" for level in range(rules.num_levels)), flush=True)
     _write_labels(out_dir / "mft_labels.jsonl", base, questions, labels)
 
     optim = optim if config.learning_rate is None else dataclasses.replace(optim, learning_rate=config.learning_rate)
     prompts = exam_prompts(base, rules, singles, [budget] * len(singles))
-    stage1 = [_row(p, answer_ids(base, rules, lab, 1, question_block(q)) + [base.stop_ids[-1]])
+    stage1 = [_row(p, answer_ids(base, rules, lab, budget, 1, question_block(q)) + [base.stop_ids[-1]])
               for p, lab, q in zip(prompts, labels, questions)]
     sft = dict(optim=optim, batch_size=config.batch_size, epochs=config.epochs, mesh=mesh, metrics=metrics,
                progress=progress, remat=remat, compute_dtype=compute_dtype,
                grad_accum=config.gradient_accumulation_steps)
     params = _train_stage(base.params, base.cfg, stage1, out_dir, 1, seed=seed, save_every=config.save_steps, **sft)
-    label_of = {q.id: lab for q, lab in zip(questions, labels)}
-    exams = [(exam, b) for exam, b in stage2_exams if all(q.id in label_of for q in exam.questions)]
+    if config.stage2_plan == "expected":
+        choices = [level_options(group, rules, base.stop_ids) for group in per_question]
+    else:
+        choices = [[lab] if lab.level != rules.skip_level else [] for lab in labels]
+    options_of = {q.id: opts for q, opts in zip(questions, choices)}
+    exams = [(exam, b) for exam, b in stage2_exams if all(q.id in options_of for q in exam.questions)]
     if stage2_exams and not exams:
         raise ValueError("MFT stage 2: no training exam is made of labelled questions; draw stage-2 exams "
                          "from the questions MFT labels (mft.questions first training questions)")
     if exams:
         prompts = exam_prompts(base, rules, [e for e, _ in exams], [b for _, b in exams])
-        stage2 = [_row(p, exam_target(base, rules, exam, [label_of[q.id] for q in exam.questions], b, config.stage2_plan))
+        stage2 = [_row(p, exam_target(base, rules, exam, [options_of[q.id] for q in exam.questions], b,
+                                          config.stage2_plan))
                   for p, (exam, b) in zip(prompts, exams)]
         params = _train_stage(params, base.cfg, stage2, out_dir, 2, seed=seed + 1, save_every=config.save_steps,
                               **sft)
@@ -245,5 +301,6 @@ def _row(prompt: list[int], target: list[int]) -> tuple[list[int], list[bool]]:
 def _write_labels(path: Path, policy: Policy, questions: Sequence[Example], labels: Sequence[Label]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = [json.dumps({"id": q.id, "question": q.question, "level": lab.level, "correct_samples": lab.correct,
-                         "solution": policy.decode(lab.solution)}) for q, lab in zip(questions, labels)]
+                         "success": lab.success, "solution": policy.decode(lab.solution)})
+             for q, lab in zip(questions, labels)]
     write_text_atomic(path, "\n".join(lines) + "\n")

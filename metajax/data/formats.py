@@ -47,7 +47,7 @@ class ExamFormat:
       name: "roi" (ROI-Reasoning's own format, for real models) or "toy" (the toy world's compact one).
       prompt_style: the `metajax.data.prompts` style that renders the exam prompt.
       level_tag: the tag, with `{level}` for the level and optionally `{label}` for the question's
-        label and `{question}` for the question restated.
+        label, `{question}` for the question restated and `{budget}` for the exam's stated budget.
       level_pattern: reads a tag; group 1 is the level.
       skip_solution: what follows the skip level's tag.
       separator: text between consecutive answers.
@@ -80,11 +80,15 @@ class ExamFormat:
                              f"{len(self.labels)} questions per exam")
         return self.labels[position - 1]
 
-    def tag(self, level: int | str, position: int = 1, question: str = "") -> str:
-        """The level tag of the question at `position` (1-based), whose text is `question`."""
-        return self.level_tag.format(level=level, label=self.label(position), question=question)
+    def tag(self, level: int | str, position: int = 1, question: str = "", budget: int | None = None) -> str:
+        """The level tag of the question at `position` (1-based), whose text is `question`, in an
+        exam that states `budget` tokens."""
+        if budget is None and "{budget}" in self.level_tag:
+            raise ValueError(f"the {self.name} exam format's level tag restates the exam's budget; pass budget=")
+        return self.level_tag.format(level=level, label=self.label(position), question=question, budget=budget)
 
-    def answer(self, level: int, solution: str | None, skip_level: int, position: int = 1, question: str = "") -> str:
+    def answer(self, level: int, solution: str | None, skip_level: int, position: int = 1, question: str = "",
+               budget: int | None = None) -> str:
         """One question's answer: the level tag, then the solution (`skip_solution` at the skip
         level, where `solution` must be None)."""
         if not 0 <= level <= skip_level:
@@ -92,16 +96,17 @@ class ExamFormat:
         if (level == skip_level) != (solution is None):
             raise ValueError(f"give a solution for a solved level and none for the skip level "
                              f"Level-{skip_level}; got level {level} with solution {solution!r}")
-        return f"{self.tag(level, position, question)} {self.skip_solution if solution is None else solution}"
+        tag = self.tag(level, position, question, budget)
+        return f"{tag} {self.skip_solution if solution is None else solution}"
 
     def response(self, answers: Sequence[tuple[int, str | None]], skip_level: int,
-                 questions: Sequence[str] = ()) -> str:
+                 questions: Sequence[str] = (), budget: int | None = None) -> str:
         """A whole exam's response, one `answer` per (level, solution) in question order, restating
-        `questions` (their texts) where the tag holds its question."""
+        `questions` (their texts) and `budget` where the tag holds them."""
         texts = list(questions) or [""] * len(answers)
         if len(texts) != len(answers):
             raise ValueError(f"response: {len(answers)} answers but {len(texts)} question texts")
-        return self.separator.join(self.answer(level, solution, skip_level, j, text)
+        return self.separator.join(self.answer(level, solution, skip_level, j, text, budget)
                                    for j, ((level, solution), text) in enumerate(zip(answers, texts), 1))
 
 
@@ -119,9 +124,12 @@ TOY_QUESTION_LABELS = "PQRSTVWXYZ"
 # from the copy beside it. Without that, it copied the wrong operands of every question but the
 # first: from a tag "<L1> #2" eleven tokens before the thought (sessions 6-12), and from "#2 "
 # before the restatement, whose lookup needs two tokens of context (a 1326-step pretraining left
-# the second question copied right 2% of the time). The restatement is part of the tag: it counts
+# the second question copied right 2% of the time). The tag then restates the exam's budget
+# ("Q1+2+3=? 150 <L1>"), so the level the model announces next sits four tokens from the budget's
+# digits: with the budget only in the prompt's header, MFT on exams at two budgets (and at eight)
+# left the policy skipping alike at both (README). The restatements are part of the tag: they count
 # against the budget but not in the solution's level.
-TOY_EXAM = ExamFormat("toy", "toy_exam", "{label}{question} <L{level}>",
+TOY_EXAM = ExamFormat("toy", "toy_exam", "{label}{question} {budget} <L{level}>",
                       re.compile(rf"(?:[{TOY_QUESTION_LABELS}][^{TOY_QUESTION_LABELS}<\n]{{0,40}})?<L(\d)>"),
                       ANSWER_BLOCK.format("NA"), separator="", tag_starts=tuple(TOY_QUESTION_LABELS),
                       direct_opening=" " + ANSWER_MARKER, think_opening=" " + THOUGHT_OPEN,

@@ -6,8 +6,8 @@ question (a forced level tag and the start of a direct or worked answer, or a wh
 and lets the model write the rest, one question at a time: the `cot_all`, `direct_all` and
 `mft_knapsack` baselines, and the oracle's cost estimates. Both count every generated and forced
 token against the budget and read the exams with `metajax.envs.answers.read_exam`. Where the
-format's tag restates its question (the toy's `"Q1+2+3=? <L1>"`), a forced tag writes the
-restatement too: the planned methods are not asked to copy their questions, while `sit` policies
+format's tag restates its question and budget (the toy's `"Q1+2+3=? 150 <L1>"`), a forced tag
+writes the restatements too: the planned methods are not asked to copy their questions, while `sit` policies
 copy them themselves (the exam records show how well).
 
 Generation runs to `cap` tokens (at least the budget): the first `budget` tokens are exactly what a
@@ -59,14 +59,14 @@ class Action:
     level: int
     start: Literal["free", "direct", "think"] = "free"
 
-    def opening(self, rules: ExamRules, position: int, question: str = "") -> tuple[str, bool]:
+    def opening(self, rules: ExamRules, position: int, question: str, budget: int) -> tuple[str, bool]:
         """(forced text after the answer separator, whether the model writes the rest) for the
-        question at `position` (1-based), whose text is `question`."""
+        question at `position` (1-based), whose text is `question`, in an exam of `budget` tokens."""
         fmt = rules.format
         if self.level == rules.skip_level:
-            return fmt.answer(self.level, None, rules.skip_level, position, question), False
+            return fmt.answer(self.level, None, rules.skip_level, position, question, budget), False
         start = {"free": "", "direct": fmt.direct_opening, "think": fmt.think_opening}[self.start]
-        return fmt.tag(self.level, position, question) + start, True
+        return fmt.tag(self.level, position, question, budget) + start, True
 
 
 def exam_prompts(policy: Policy, rules: ExamRules, exams: Sequence[Exam], budgets: Sequence[int], *,
@@ -133,7 +133,7 @@ def sit_planned(policy: Policy, rules: ExamRules, exams: Sequence[Exam], budgets
         for e, exam in enumerate(exams):
             if j >= len(exam.questions) or len(sheets[e]) >= cap[e]:
                 continue
-            text, generate = plans[e][j].opening(rules, j + 1, question_block(exam.questions[j]))
+            text, generate = plans[e][j].opening(rules, j + 1, question_block(exam.questions[j]), budgets[e])
             sheets[e] += policy.encode((fmt.separator if j else "") + text)
             if generate and len(sheets[e]) < cap[e]:
                 waiting.append(e)

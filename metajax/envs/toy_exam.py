@@ -3,10 +3,10 @@ the corpus of the exam-ready toy base.
 
 The toy answers in the compact exam format (`metajax.data.formats.TOY_EXAM`): the prompt is one
 user block `"[User] Exam, 150 tokens: P3+4=? Q1+2+3=? R5+6+7+1+2=?\n"` (each question after its
-one-letter label), and each answer restates its question, announces its level, then writes a RaM
-completion (`"P3+4=? <L0> [Assistant] 7\n"`,
-`"Q1+2+3=? <L1> <thought> 1+2+3 = 3+3 = 6 </thought>\n[Assistant] 6\n"`, or the skip
-`"R5+6+7+1+2=? <L3> [Assistant] NA\n"`). The restatement belongs to the tag: it costs
+one-letter label), and each answer restates its question and the budget, announces its level, then
+writes a RaM completion (`"P3+4=? 150 <L0> [Assistant] 7\n"`,
+`"Q1+2+3=? 150 <L1> <thought> 1+2+3 = 3+3 = 6 </thought>\n[Assistant] 6\n"`, or the skip
+`"R5+6+7+1+2=? 150 <L3> [Assistant] NA\n"`). The restatements belong to the tag: they cost
 budget but not solution tokens. With one token per character, a direct answer's solution costs
 about 15 tokens, a thought 45 (2 operands) to 93 (6 operands), so the levels are Level-0 up to 20
 tokens (direct), Level-1 up to 60 (2-3 operands), Level-2 up to 100 (4-6 operands).
@@ -133,7 +133,7 @@ def exam_corpus(world: toy.ToyWorldConfig, n: int, seed: int, spec: ToyExamCorpu
                 think = rng.random() < world.thought_share(ex.difficulty)
                 answers.append((int(rng.integers(0, skip_level)), solution_text(ex, think)))
         prompt = render_prompt(exam_prompt_config(budget, level_bounds), questions)
-        out.append(prompt + TOY_EXAM.response(answers, skip_level, question_texts))
+        out.append(prompt + TOY_EXAM.response(answers, skip_level, question_texts, budget))
     return out
 
 

@@ -107,7 +107,7 @@ class ROIConfig:
 
     format: str = "toy"
     level_bounds: tuple[int, ...] = TOY_LEVEL_BOUNDS
-    budgets: tuple[int, ...] = (150, 230)
+    budgets: tuple[int, ...] = (170, 240)
     orderings: tuple[str, ...] = ("medium", "hard")
     questions_per_exam: int = 3
     test_exams: int = 200
