@@ -54,6 +54,18 @@ def test_planned_sitting_writes_the_forced_actions_and_counts_every_token(tiers)
         sit(policy, RULES, exams[:1], [-1])
 
 
+def test_the_exam_base_restates_each_question_and_the_budget(tiers):
+    """The shipped exam base copies each labelled question and the stated budget into its tags: the
+    level MFT teaches it to announce is read off that copy (README, ROI section)."""
+    policy = _policy("toy_exam")
+    exams = make_exams(tiers[1], 8, ordering="medium", seed=3)
+    for budget in (170, 240):
+        for exam, out in zip(exams, sit(policy, RULES, exams, [budget] * len(exams), cap=[320] * len(exams))):
+            tags = [m.group(0) for m in TOY_EXAM.level_pattern.finditer(policy.decode(out.ids))]
+            assert [tag.rsplit(" <L", 1)[0] for tag in tags] == [
+                f"{TOY_EXAM.label(j)}{q.question} {budget}" for j, q in enumerate(exam.questions, 1)], tags
+
+
 def test_rarl_raises_the_exam_score(tiers, tmp_path):
     """One-question exams of the easy tier, budget 60: the exam base announces random levels, so a
     third of its right answers score; Dr. GRPO on the exam reward teaches it to announce the level it
