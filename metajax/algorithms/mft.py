@@ -47,11 +47,12 @@ class MFTConfig:
       samples_per_question: K, solutions sampled per question.
       temperature: sampling temperature of the K solutions.
       label_rule: which correct solution sets the label and the target: "shortest" (the fewest
-        tokens: the cheapest way to be right, the rational choice, and metajax's default), "median"
+        tokens: the cheapest way to be right, and metajax's default), "median"
         (the median count, lower middle), "most_frequent" (the most common level, ties to the
         lower one, then its shortest solution), or "surest" (the level whose samples were right most
         often, smoothed as `Label.success`, ties to the lower one, then its shortest solution: a
-        cheap level right once by luck does not beat a dearer one right every time).
+        cheap level right once by luck does not beat a dearer one right every time; on the toy it
+        scored higher than "shortest", README).
       stage1_budget: the budget stated in single-question prompts, and their generation cap (None:
         the largest budget of the run).
       stage2_exams: training exams of stage 2, spread over `stage2_budgets` and the run's orderings.
@@ -214,13 +215,13 @@ def exam_target(policy: Policy, rules: ExamRules, exam: Exam, options: Sequence[
         success, pmf = np.zeros((len(options), actions)), np.zeros((len(options), actions, width))
         pmf[:, :, -1] = 1.0
         for j, (opts, cost) in enumerate(zip(options, costs)):
-            for a, c in enumerate(cost):
-                pmf[j, a] = np.eye(width)[c]
+            pmf[j, :len(cost)] = 0.0
+            pmf[j, np.arange(len(cost)), cost] = 1.0
             success[j, :len(opts)] = [1.0 if plan == "best" else lab.success for lab in opts]
         _, table = oracle_value(success, pmf, budget)
     tokens, left = [], budget
     for j, (opts, cost) in enumerate(zip(options, costs)):
-        choice = (0 if opts else len(opts)) if plan == "in_order" else int(table[j, left])
+        choice = 0 if plan == "in_order" else int(table[j, left])
         # An answer that would overrun what is left is skipped, never attempted: a cut attempt and a
         # skip both score 0, so the DP's table may pick either, and the target must teach the skip.
         if choice >= len(opts) or cost[choice] > left:
