@@ -68,7 +68,8 @@ def test_no_correct_sample_means_skip():
     samples = [_sample("<L0>" + WRONG), _sample("garbage"), _sample("<L3> [Assistant] NA\n")]
     lab = label(samples, RULES, "shortest", POLICY.stop_ids)
     assert lab == Label(3, (), 0)
-    assert POLICY.decode(answer_ids(POLICY, RULES, lab, 150, question="1+2+3=?")) == "P1+2+3=? 150 <L3> [Assistant] NA\n"
+    skip = POLICY.decode(answer_ids(POLICY, RULES, lab, 150, question="1+2+3=?"))
+    assert skip == "P1+2+3=? 150 <L3> [Assistant] NA\n"
 
 
 def test_a_correct_answer_past_the_last_level_is_not_a_label():
@@ -131,7 +132,8 @@ def test_expected_plan_takes_the_dear_sure_level_only_where_the_budget_allows():
     # 150 tokens think on both (2 x 69, 1.5 expected); 105 fit one thought and one direct answer
     # (69 + 32: 1.25 against 1.0 for two direct answers); 70 fit two direct answers (2 x 31: 1.0),
     # and a thought (68) leaves too little for the other question (0.75).
-    wide, middle, narrow = (POLICY.decode(exam_target(POLICY, RULES, sheet, options, b, "expected")) for b in (150, 105, 70))
+    wide, middle, narrow = (POLICY.decode(exam_target(POLICY, RULES, sheet, options, b, "expected"))
+                            for b in (150, 105, 70))
     assert wide.count("<L1> <thought>") == 2
     assert middle.count("<L1> <thought>") == 1 and middle.count("<L0> [Assistant] 6") == 1
     assert narrow.count("<L0> [Assistant] 6") == 2

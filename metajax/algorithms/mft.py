@@ -58,7 +58,8 @@ class MFTConfig:
       stage2_exams: training exams of stage 2, spread over `stage2_budgets` and the run's orderings.
       stage2_budgets: the budgets stage-2 exams state and are planned under (None: the run's
         budgets). A wider spread than the test budgets gives more exams whose best plan changes
-        with the stated budget (on the toy it did not teach the policy to read it: README).
+        with the stated budget: on the toy, six budgets taught the policy to read the budget's
+        size, where the run's two taught it to tell those two apart (README).
       stage2_plan: how a stage-2 exam answers its labelled questions: "best" (the most questions
         that fit the budget, by the oracle's dynamic programme on the labelled costs), "expected"
         (each question at any level some sample was right at, with that level's shortest right
