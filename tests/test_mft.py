@@ -122,6 +122,11 @@ def test_surest_rule_weighs_each_level_by_how_often_its_samples_were_right():
     assert (surest.level, surest.correct, surest.success) == (1, 3, 0.75)
     # A tie goes to the cheaper level: one right direct answer, one right thought.
     assert label(samples[:1] + samples[2:3], RULES, "surest", POLICY.stop_ids).level == 0
+    # An untagged sample (no level announced, so no solution span) spent no level: it does not lower
+    # Level-0's success.
+    untagged = _sample("garbage")
+    assert untagged.predicted_level[0] == -1 and untagged.actual_level[0] == 0
+    assert level_options(samples + [untagged], RULES, POLICY.stop_ids) == options
 
 
 def test_expected_plan_takes_the_dear_sure_level_only_where_the_budget_allows():

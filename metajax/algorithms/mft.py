@@ -147,7 +147,8 @@ def _solution(sample: ExamOutcome, stop_ids: Sequence[int]) -> tuple[int, ...]:
 
 
 def _success(samples: Sequence[ExamOutcome], level: int) -> float:
-    spent = [o for o in samples if not o.skipped[0] and o.actual_level[0] == level]
+    # An untagged sample has no solution span (0 tokens, so "Level-0"): it spent no level at all.
+    spent = [o for o in samples if not o.skipped[0] and o.predicted_level[0] >= 0 and o.actual_level[0] == level]
     return (sum(bool(o.correct[0]) for o in spent) + 1) / (len(spent) + 2)
 
 
