@@ -1,4 +1,7 @@
-"""Sitting exams with the toy models (metajax.envs.sitting) and a short RARL run (metajax.algorithms.rarl)."""
+"""The toy exam splits, sitting exams with the toy models (metajax.envs.sitting) and a short RARL run
+(metajax.algorithms.rarl)."""
+
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -31,6 +34,20 @@ def _policy(name):
 @pytest.fixture(scope="module")
 def tiers():
     return toy_exam_splits(SHIPPED_WORLD)
+
+
+def test_toy_exam_splits_share_no_question_and_balance_the_training_tiers(tiers):
+    train, test = tiers
+    assert not {q.question for t in train for q in t} & {q.question for t in test for q in t}
+    # Within a training tier every operand count is equally common (4-operand sums outnumber
+    # 3-operand ones four to one before balancing); unbalanced, the tier keeps all of them.
+    unbalanced, _ = toy_exam_splits(SHIPPED_WORLD, balanced=False)
+    for tier, full in zip(train, unbalanced):
+        counts = Counter(q.difficulty for q in tier)
+        full_counts = Counter(q.difficulty for q in full)
+        assert len(set(counts.values())) == 1 and counts.keys() == full_counts.keys()
+        assert next(iter(counts.values())) == min(full_counts.values())
+    assert Counter(q.difficulty for q in unbalanced[1])[4] > 3 * Counter(q.difficulty for q in unbalanced[1])[3]
 
 
 def test_planned_sitting_writes_the_forced_actions_and_counts_every_token(tiers):

@@ -23,6 +23,7 @@ say nothing, so whatever MFT and RARL gain, they learned.
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
@@ -137,13 +138,18 @@ def exam_corpus(world: toy.ToyWorldConfig, n: int, seed: int, spec: ToyExamCorpu
     return out
 
 
-def toy_exam_splits(world: toy.ToyWorldConfig, tiers: Sequence[Sequence[int]] = TOY_TIERS
-                    ) -> tuple[list[list[Example]], list[list[Example]]]:
+def toy_exam_splits(world: toy.ToyWorldConfig, tiers: Sequence[Sequence[int]] = TOY_TIERS, *,
+                    balanced: bool = True) -> tuple[list[list[Example]], list[list[Example]]]:
     """(train tiers, test tiers) of distinct questions, no question text in both.
 
     The world's eval split is held out of training only from `held_out_min_operands` up; below that
     (the 100-entry table of two-digit sums, say) the eval split holds nearly every question, so the
     distinct questions of those levels are split in half, seeded, one half per side.
+
+    With `balanced`, each training tier keeps as many questions of each operand count as its rarest
+    count has (a seeded subset), as the test tiers do: the training split is what is left of the
+    world once the eval split is out, so 4-operand sums outnumber 3-operand ones 4 to 1 there, and
+    training on that mix would teach the level choice mostly on the questions the test asks least.
     """
     train, held_out = toy.make_splits(world)
     small = sorted({ex.question for ex in train + held_out if ex.difficulty < world.held_out_min_operands})
@@ -151,7 +157,21 @@ def toy_exam_splits(world: toy.ToyWorldConfig, tiers: Sequence[Sequence[int]] = 
     test = [ex for ex in _distinct(held_out)
             if ex.difficulty >= world.held_out_min_operands or ex.question in test_half]
     seen = {ex.question for ex in test}
-    return (toy_tiers([ex for ex in _distinct(train) if ex.question not in seen], tiers), toy_tiers(test, tiers))
+    train_tiers = toy_tiers([ex for ex in _distinct(train) if ex.question not in seen], tiers)
+    if balanced:
+        rng = np.random.default_rng([world.seed, 8])
+        train_tiers = [_balanced(tier, rng) for tier in train_tiers]
+    return train_tiers, toy_tiers(test, tiers)
+
+
+def _balanced(tier: Sequence[Example], rng: np.random.Generator) -> list[Example]:
+    """A seeded subset of `tier` with equally many questions of each operand count, in tier order."""
+    counts = Counter(ex.difficulty for ex in tier)
+    keep = set()
+    for difficulty in sorted(counts):
+        members = [i for i, ex in enumerate(tier) if ex.difficulty == difficulty]
+        keep.update(rng.permutation(members)[:min(counts.values())].tolist())
+    return [ex for i, ex in enumerate(tier) if i in keep]
 
 
 def _distinct(examples: Sequence[Example]) -> list[Example]:
