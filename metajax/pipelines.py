@@ -310,7 +310,7 @@ def run_roi_pipeline(config: Config, run_dir: Path) -> dict:
         test_tiers = load_tiers(roi.test_tiers, seed=config.seed)
         train_tiers = load_tiers(roi.train_tiers, seed=config.seed) if roi.train_tiers else [[] for _ in test_tiers]
     else:
-        train_tiers, test_tiers = toy_exam_splits(config.data.toy)
+        train_tiers, test_tiers = toy_exam_splits(config.data.toy, balanced=roi.balanced_toy_tiers)
     sheets = test_sheets(test_tiers, roi, seed=config.seed + 1)
     base = load_policy(config, mesh)
     policies = {"base": base}

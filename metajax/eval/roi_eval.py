@@ -103,6 +103,9 @@ class ROIConfig:
       methods: the rows of the results, from `ROI_METHODS`.
       train_tiers, test_tiers: real-data tiers (`TierSpec`), easiest first; empty: the toy world's
         tiers (`metajax.envs.toy_exam`).
+      balanced_toy_tiers: the toy's training tiers hold each operand count equally often, as its test
+        tiers do (`toy_exam_splits(balanced=...)`); False keeps the world's raw mix (4-operand sums
+        outnumber 3-operand ones about 4 to 1 in the medium tier).
     """
 
     format: str = "toy"
@@ -122,6 +125,7 @@ class ROIConfig:
     methods: tuple[str, ...] = ("cot_all", "direct_all", "mft", "mft_knapsack", "mft_rarl", "oracle")
     train_tiers: tuple[TierSpec, ...] = ()
     test_tiers: tuple[TierSpec, ...] = ()
+    balanced_toy_tiers: bool = True
 
     def __post_init__(self):
         if self.format not in EXAM_FORMATS:
