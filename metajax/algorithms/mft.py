@@ -133,10 +133,15 @@ class Label:
     success: float = 0.0
 
 
+def _answered(sample: ExamOutcome) -> bool:
+    """Whether a one-question sample spent a level: it announced one and did not skip. An untagged
+    sample has no solution span (0 tokens, which reads as Level-0), so it spent none."""
+    return not sample.skipped[0] and sample.predicted_level[0] >= 0
+
+
 def _usable(samples: Sequence[ExamOutcome], rules: ExamRules) -> list[ExamOutcome]:
-    """The right, unskipped, tagged samples within the last level's bound."""
-    return [o for o in samples if o.correct[0] and not o.skipped[0] and o.predicted_level[0] >= 0
-            and o.actual_level[0] < rules.skip_level]
+    """The right answered samples within the last level's bound."""
+    return [o for o in samples if _answered(o) and o.correct[0] and o.actual_level[0] < rules.skip_level]
 
 
 def _solution(sample: ExamOutcome, stop_ids: Sequence[int]) -> tuple[int, ...]:
@@ -147,8 +152,7 @@ def _solution(sample: ExamOutcome, stop_ids: Sequence[int]) -> tuple[int, ...]:
 
 
 def _success(samples: Sequence[ExamOutcome], level: int) -> float:
-    # An untagged sample has no solution span (0 tokens, so "Level-0"): it spent no level at all.
-    spent = [o for o in samples if not o.skipped[0] and o.predicted_level[0] >= 0 and o.actual_level[0] == level]
+    spent = [o for o in samples if _answered(o) and o.actual_level[0] == level]
     return (sum(bool(o.correct[0]) for o in spent) + 1) / (len(spent) + 2)
 
 

@@ -167,10 +167,11 @@ def toy_exam_splits(world: toy.ToyWorldConfig, tiers: Sequence[Sequence[int]] = 
 def _balanced(tier: Sequence[Example], rng: np.random.Generator) -> list[Example]:
     """A seeded subset of `tier` with equally many questions of each operand count, in tier order."""
     counts = Counter(ex.difficulty for ex in tier)
+    size = min(counts.values())
     keep = set()
     for difficulty in sorted(counts):
         members = [i for i, ex in enumerate(tier) if ex.difficulty == difficulty]
-        keep.update(rng.permutation(members)[:min(counts.values())].tolist())
+        keep.update(rng.permutation(members)[:size].tolist())
     return [ex for i, ex in enumerate(tier) if i in keep]
 
 
