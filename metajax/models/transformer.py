@@ -186,8 +186,8 @@ def hidden_states(params: Params, cfg: ModelConfig, tokens: jax.Array, *, positi
 
 def logits_from_hidden(params: Params, cfg: ModelConfig, hidden: jax.Array) -> jax.Array:
     """float32[..., vocab] logits from final hidden states float[..., hidden]."""
-    if "lm_head_vd" in params:  # `cpu_decode_layout`
-        return jnp.einsum("...d,vd->...v", hidden, params["lm_head_vd"], preferred_element_type=jnp.float32)
+    if "lm_head_t" in params:  # `cpu_decode_layout`
+        return _project(hidden, params, "lm_head", preferred_element_type=jnp.float32)
     head = params["embed"].T if cfg.tie_word_embeddings else params["lm_head"]
     return jnp.einsum("...d,dv->...v", hidden, head, preferred_element_type=jnp.float32)
 
@@ -305,9 +305,11 @@ def cpu_decode_layout(params: Params, cache: KVCache) -> tuple[Params, KVCache]:
       either), about the model's whole size per step. As tuples of per-layer arrays the loop reads
       each in place: on a SmolLM2-shaped model at batch 8 with 1024-token prompts a step took 149 ms
       against 242 ms.
-    * An untied vocabulary projection stored [vocab, hidden] (`lm_head_vd`), the layout XLA:CPU's
-      few-row products read fastest (8 rows by a 49152-token vocabulary: 59-60 against 67 ms per
-      step). Fusing the gate and up projections into one product was slower here (66 ms).
+    * Every weight stored output-major, [out, in] (`name + "_t"`; the vocabulary projection as
+      `lm_head_t`, which for tied embeddings is `embed` itself), and multiplied as W x^T (`_project`).
+      XLA:CPU runs few-row products faster that way round: greedy decoding of a 124.7M Llama at
+      batch 16 (`benchmarks/sample.py`) took 4.70 against 5.40 s. Fusing the gate and up
+      projections into one product, or splitting a product in two for the two cores, did not help.
     TPU and GPU read stacked slices in place: they keep `scan` and one compiled block (these copies
     would also double the weights' memory).
     """
@@ -316,10 +318,19 @@ def cpu_decode_layout(params: Params, cache: KVCache) -> tuple[Params, KVCache]:
     def per_layer(x):
         return tuple(x[i] for i in range(num_layers))
 
-    layers = tuple(jax.tree.map(lambda w, i=i: w[i], params["layers"]) for i in range(num_layers))
-    head = {} if "lm_head" not in params else {"lm_head_vd": params["lm_head"].T}
+    def output_major(layer: Params) -> Params:
+        laid_out = {}
+        for name, w in layer.items():
+            if name in _CONTRACTED_AXES:
+                n = _CONTRACTED_AXES[name]
+                name, w = name + "_t", jnp.transpose(w, [*range(n, w.ndim), *range(n)])
+            laid_out[name] = w
+        return laid_out
+
+    layers = tuple(output_major(jax.tree.map(lambda w, i=i: w[i], params["layers"])) for i in range(num_layers))
+    head = params["lm_head"].T if "lm_head" in params else params["embed"]
     laid_out = {name: w for name, w in params.items() if name != "lm_head"}
-    return ({**laid_out, "layers": layers, **head},
+    return ({**laid_out, "layers": layers, "lm_head_t": head},
             dataclasses.replace(cache, prompt_k=per_layer(cache.prompt_k), prompt_v=per_layer(cache.prompt_v),
                                 k=per_layer(cache.k), v=per_layer(cache.v)))
 
@@ -342,7 +353,16 @@ def decode_step(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: 
 
     def attend(q, k, v, layer_cache):
         prompt_k, prompt_v, gen_k, gen_v = layer_cache
-        return decode_attention(q, k, v, prompt_k, prompt_v, cache.prompt_mask, gen_k, gen_v, earlier), (k, v)
+        out = decode_attention(q, k, v, prompt_k, prompt_v, cache.prompt_mask, gen_k, gen_v, earlier)
+        if not unstacked:
+            return out, (k, v)
+        # The key and value written into the cache are made to depend on this attention's output
+        # (x + 0 * y, which XLA does not fold for floats; per row, so a non-finite row spoils only
+        # itself), which orders the in-place write after the attention's read of the cache.
+        # Unordered, XLA:CPU copied each layer's cache twice a step to keep the read from racing the
+        # write (one step of a 124.7M Llama at batch 16, jitted alone: 34 against 48 ms).
+        after = 0.0 * out[:, :, :1, :1]
+        return out, (k + after.astype(k.dtype), v + after.astype(v.dtype))
 
     x = params["embed"][tokens]
     layer_caches = (cache.prompt_k, cache.prompt_v, cache.k, cache.v)
@@ -391,9 +411,7 @@ def _run_blocks(params: Params, cfg: ModelConfig, x, positions, attend: Callable
 def _block(lp: Params, cfg: ModelConfig, x, sin, cos, attend: Callable):
     """One pre-norm transformer block: x + attention(norm(x)), then + SwiGLU(norm(x))."""
     h = rms_norm(x, lp["attn_norm"], cfg.rms_norm_eps)
-    q = jnp.einsum("btd,dhk->bthk", h, lp["wq"])
-    k = jnp.einsum("btd,dhk->bthk", h, lp["wk"])
-    v = jnp.einsum("btd,dhk->bthk", h, lp["wv"])
+    q, k, v = (_project(h, lp, name) for name in ("wq", "wk", "wv"))
     if cfg.qkv_bias:
         q, k, v = q + lp["bq"], k + lp["bk"], v + lp["bv"]
     if cfg.qk_norm:
@@ -401,13 +419,31 @@ def _block(lp: Params, cfg: ModelConfig, x, sin, cos, attend: Callable):
         k = rms_norm(k, lp["k_norm"], cfg.rms_norm_eps)
     q, k = _apply_rope(q, sin, cos), _apply_rope(k, sin, cos)
     out, kv = attend(q, k, v)
-    x = x + jnp.einsum("bthk,hkd->btd", out, lp["wo"])
+    x = x + _project(out, lp, "wo")
     x = constrain(x, ("batch", "seq", "act_embed"))
     h = rms_norm(x, lp["mlp_norm"], cfg.rms_norm_eps)
-    gate = jnp.einsum("btd,df->btf", h, lp["w_gate"])
-    up = jnp.einsum("btd,df->btf", h, lp["w_up"])
-    x = x + jnp.einsum("btf,fd->btd", jax.nn.silu(gate) * up, lp["w_down"])
+    gate, up = _project(h, lp, "w_gate"), _project(h, lp, "w_up")
+    x = x + _project(jax.nn.silu(gate) * up, lp, "w_down")
     return constrain(x, ("batch", "seq", "act_embed")), kv
+
+
+# How many leading (input) axes of each weight a projection contracts.
+_CONTRACTED_AXES = {"wq": 1, "wk": 1, "wv": 1, "wo": 2, "w_gate": 1, "w_up": 1, "w_down": 1, "lm_head": 1}
+
+
+def _project(x: jax.Array, lp: Params, name: str, preferred_element_type=None) -> jax.Array:
+    """x [..., in] times the weight `name` [in, out] (`in`: its first `_CONTRACTED_AXES[name]` axes),
+    or, after `cpu_decode_layout`, times `name + "_t"`, the same weight stored output-major [out, in]."""
+    contracted = _CONTRACTED_AXES[name]
+    if name in lp:
+        return jnp.tensordot(x, lp[name], axes=contracted, preferred_element_type=preferred_element_type)
+    w_t = lp[name + "_t"]
+    out_axes = w_t.ndim - contracted
+    y = jnp.tensordot(w_t, x, axes=(list(range(out_axes, w_t.ndim)), list(range(x.ndim - contracted, x.ndim))),
+                      preferred_element_type=preferred_element_type)
+    # [out, rows] as the product's own layout: XLA would otherwise fold the transpose into it.
+    y = jax.lax.optimization_barrier(y)
+    return jnp.moveaxis(y, list(range(out_axes)), list(range(y.ndim - out_axes, y.ndim)))
 
 
 def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
