@@ -158,6 +158,17 @@ def matmul_flops_per_second(dtype: str, *, size: int, repeats: int = 5) -> float
     return 2.0 * size**3 / min(timing["matmul"].seconds)
 
 
+def read_bytes_per_second(*, size_bytes: int = 1 << 30, repeats: int = 5) -> float:
+    """The machine's streaming read rate: a jitted `jnp.sum` over a float32 array of `size_bytes`,
+    fastest of `repeats` calls. The denominator of a memory roofline (a decode step must read every
+    weight once); 1 GiB so that no cache holds it."""
+    x = jnp.ones((size_bytes // 4,), jnp.float32)
+    total = jax.jit(jnp.sum)
+    jax.block_until_ready(total(x))
+    timing = time_calls({"sum": lambda: jax.block_until_ready(total(x))}, warmup=1, repeats=repeats)
+    return size_bytes / min(timing["sum"].seconds)
+
+
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """A left-aligned plain-text table; floats are printed with 4 significant digits."""
     cells = [[_cell(v) for v in row] for row in [headers, *rows]]

@@ -24,6 +24,10 @@ RaM rollouts (`--rollouts`): 64 prompts of 128 random tokens, K = 3 continuation
 (`n_samples=3`, the prompt's keys and values shared by its three samples) against transformers'
 greedy `generate` plus its sampled `generate(num_return_sequences=2)`. No row may stop early.
 
+CPU roofline (`--roofline`): metajax's decode-step time of the 124.7M Llama at each of `--batches`
+(default 16) against this machine's memory roofline: the bytes a step must read (every weight once,
+each row's keys and values so far) over the read rate of a jitted 1 GiB `jnp.sum`.
+
 GPU report (`--gpu-report`): decode tokens per second of a ~1B Llama (Llama-3.2-1B shapes, random
 weights, bf16) at batch 1 and 64, and the fraction of the HBM-bandwidth roofline reached: a decode
 step must read every matmul weight once plus each row's keys and values so far, at `--hbm-gbps`.
@@ -32,6 +36,7 @@ step must read every matmul weight once plus each row's keys and values so far, 
     python benchmarks/sample.py --small             # smoke run in seconds
     python benchmarks/sample.py --few-shot          # SmolLM2 shape, 8 x 896-token prompts (~6 min on 2 cores)
     python benchmarks/sample.py --rollouts          # 124.7M Llama, 64 prompts x K = 3 (~6 min on 2 cores)
+    python benchmarks/sample.py --roofline          # 124.7M Llama fp32 decode step against this machine's roofline
     python benchmarks/sample.py --gpu-report        # on a GPU: ~1B Llama bf16 against the roofline
     python benchmarks/sample.py --gpu-report --small  # the same path, tiny, on CPU
 """
@@ -48,8 +53,8 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks.common` impor
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import (DTYPES, GPU_LLAMA, SMALL_LLAMA, benchmark_parser, build_twin_models, check_args, format_table,
-                               machine_summary, matmul_flops_per_second, reference_config, time_calls, torch_device,
-                               use_all_cores)
+                               machine_summary, matmul_flops_per_second, read_bytes_per_second, reference_config,
+                               time_calls, torch_device, use_all_cores)
 from metajax.models import ModelConfig, init_params
 from metajax.sampling import generate
 
@@ -83,13 +88,17 @@ def main(argv: list[str] | None = None) -> None:
                         help="SmolLM2-shaped Llama, 8 prompts of 896 tokens, 64 new tokens: prefill and decode apart")
     parser.add_argument("--rollouts", action="store_true",
                         help="RaM's rollouts: 64 prompts x K = 3 (one greedy, two at T 0.5 / top-p 0.9), 128 new tokens")
+    parser.add_argument("--roofline", action="store_true",
+                        help="metajax alone: decode-step time against this machine's memory roofline (bytes a "
+                             "step reads over the measured read rate of a 1 GiB sum), at each of --batches")
     parser.add_argument("--gpu-report", action="store_true",
                         help="metajax alone: ~1B Llama decode tokens/s and fraction of the HBM roofline")
     parser.add_argument("--hbm-gbps", type=float, default=3350.0,
                         help="peak memory bandwidth in GB/s for --gpu-report (default: H100 SXM)")
     args = parser.parse_args(argv)
     args.dtype = args.dtype or ("bfloat16" if args.gpu_report else "float32")
-    args.batches = args.batches or ((1, 64) if args.gpu_report else (1, 4) if args.small else (1, 16, 64))
+    args.batches = args.batches or ((1, 64) if args.gpu_report else (1, 4) if args.small else
+                                    (16,) if args.roofline else (1, 16, 64))
     args.new_tokens = args.new_tokens or (32 if args.small else 128)
     args.contexts = args.contexts or ((32, 128) if args.small else (128, 512, 2048))
     check_args(args)
@@ -103,6 +112,13 @@ def main(argv: list[str] | None = None) -> None:
     print(machine_summary())
     if args.gpu_report:
         gpu_report(args)
+        return
+    if args.roofline:
+        cfg = reference_config(small=args.small, size=args.size, max_position_embeddings=2048)
+        params = init_params(cfg, jax.random.key(args.seed), dtype=DTYPES[args.dtype])
+        print(_describe(cfg, args.dtype))
+        roofline_table(params, cfg, args, read_bytes_per_second(size_bytes=(1 << 24) if args.small else (1 << 30)),
+                       "a jnp.sum over " + ("16 MiB" if args.small else "1 GiB"))
         return
     import torch
 
@@ -277,23 +293,31 @@ def gpu_report(args) -> None:
     sizes = dict(SMALL_LLAMA, tie_word_embeddings=True) if args.small else GPU_LLAMA
     cfg = ModelConfig.of("llama", **sizes, max_position_embeddings=max(2048, args.seq + args.new_tokens))
     params = init_params(cfg, jax.random.key(args.seed), dtype=DTYPES[args.dtype])
-    n = args.new_tokens
     print(_describe(cfg, args.dtype))
+    roofline_table(params, cfg, args, args.hbm_gbps * 1e9, f"{args.hbm_gbps:g} GB/s (--hbm-gbps)")
+
+
+def roofline_table(params, cfg: ModelConfig, args, bytes_per_second: float, source: str) -> None:
+    """Prints metajax's decode-step time at each of `args.batches` against the memory roofline: the
+    bytes a step must read (every weight once, and each row's keys and values so far) at
+    `bytes_per_second`."""
+    n = args.new_tokens
     itemsize = np.dtype(DTYPES[args.dtype]).itemsize
     # The input embedding is a gather of `batch` rows; every other weight is read whole each step.
     weight_bytes = (cfg.num_params - (not cfg.tie_word_embeddings) * cfg.vocab_size * cfg.hidden_size) * itemsize
     kv_bytes_per_token = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * itemsize
     mean_context = args.seq + (n - 1) / 2  # keys a step needs, averaged over the steps timed
     print(f"decode: prompts of {args.seq} tokens, step time = (time(generate {n}) - time(generate 1)) / {n - 1}, "
-          f"median of {args.repeats}; roofline at {args.hbm_gbps:g} GB/s: weights {weight_bytes / 1e9:.4g} GB "
-          f"+ KV cache {kv_bytes_per_token / 1e3:.4g} kB per row and context token (mean context {mean_context:g})")
+          f"median of {args.repeats}; roofline at {bytes_per_second / 1e9:.4g} GB/s from {source}: weights "
+          f"{weight_bytes / 1e9:.4g} GB + KV cache {kv_bytes_per_token / 1e3:.4g} kB per row and context token "
+          f"(mean context {mean_context:g})")
     rows = []
     for batch in args.batches:
         prompts = np.random.default_rng(args.seed + batch).integers(0, cfg.vocab_size, (batch, args.seq),
                                                                       dtype=np.int32)
         seconds = decode_step_seconds(params, cfg, prompts, n, warmup=args.warmup, repeats=args.repeats)
         step_bytes = weight_bytes + batch * kv_bytes_per_token * mean_context
-        roofline = step_bytes / (args.hbm_gbps * 1e9)
+        roofline = step_bytes / bytes_per_second
         rows.append((batch, seconds * 1e3, batch / seconds, step_bytes / 1e9, roofline * 1e3,
                      f"{roofline / seconds:.1%}"))
     print(format_table(("batch", "ms / step", "decode tok/s", "GB / step", "roofline ms", "of roofline"), rows))
