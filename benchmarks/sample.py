@@ -114,11 +114,7 @@ def main(argv: list[str] | None = None) -> None:
         gpu_report(args)
         return
     if args.roofline:
-        cfg = reference_config(small=args.small, size=args.size, max_position_embeddings=2048)
-        params = init_params(cfg, jax.random.key(args.seed), dtype=DTYPES[args.dtype])
-        print(_describe(cfg, args.dtype))
-        roofline_table(params, cfg, args, read_bytes_per_second(size_bytes=(1 << 24) if args.small else (1 << 30)),
-                       "a jnp.sum over " + ("16 MiB" if args.small else "1 GiB"))
+        cpu_roofline(args)
         return
     import torch
 
@@ -295,6 +291,16 @@ def gpu_report(args) -> None:
     params = init_params(cfg, jax.random.key(args.seed), dtype=DTYPES[args.dtype])
     print(_describe(cfg, args.dtype))
     roofline_table(params, cfg, args, args.hbm_gbps * 1e9, f"{args.hbm_gbps:g} GB/s (--hbm-gbps)")
+
+
+def cpu_roofline(args) -> None:
+    """Prints the reference Llama's decode-step time against this machine's measured read rate."""
+    cfg = reference_config(small=args.small, size=args.size,
+                           max_position_embeddings=max(2048, args.seq + args.new_tokens))
+    params = init_params(cfg, jax.random.key(args.seed), dtype=DTYPES[args.dtype])
+    print(_describe(cfg, args.dtype))
+    mib = 16 if args.small else 1024
+    roofline_table(params, cfg, args, read_bytes_per_second(size_bytes=mib << 20), f"a jnp.sum over {mib} MiB")
 
 
 def roofline_table(params, cfg: ModelConfig, args, bytes_per_second: float, source: str) -> None:
