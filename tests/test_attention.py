@@ -11,7 +11,7 @@ import pytest
 from metajax.models import ModelConfig, forward, init_params
 from metajax.models.attention import (ATTENTION_IMPLEMENTATIONS, attention, blockwise_attention, decode_attention,
                                       prefix_attention, reference_attention)
-from metajax.models.transformer import decode_step, prefill, cpu_decode_layout
+from metajax.models.decode import cpu_decode_layout, decode_step, prefill
 
 B, T, HQ, HKV, HD = 2, 37, 4, 2, 8  # 37 tokens: blocks of 8 leave a partial last block
 

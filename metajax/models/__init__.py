@@ -6,8 +6,9 @@ from metajax.models.hf_io import CheckpointError, load_hf, params_from_hf_tensor
 from metajax.models.logprobs import (chain_logprobs, score_continuations, score_sequences, sequence_logprobs,
                                      shared_prefix_logprobs, token_logprobs)
 from metajax.models.sharding import MeshConfig, make_mesh
-from metajax.models.transformer import (REMAT_POLICIES, KVCache, Params, abstract_params, cast_params, decode_step,
-                                        forward, init_params, param_specs, prefill)
+from metajax.models.decode import KVCache, decode_step, prefill
+from metajax.models.transformer import (REMAT_POLICIES, Params, abstract_params, cast_params, forward, init_params,
+                                        param_specs)
 
 
 def load_gguf(path, *, dtype=None, mesh=None):

@@ -30,8 +30,9 @@ from jax.sharding import NamedSharding, PartitionSpec
 from metajax.batching import bucket, length_bucket, pad_rows
 from metajax.host import to_host
 from metajax.models.config import ModelConfig
+from metajax.models.decode import cpu_decode_layout, decode_step, prefill
 from metajax.models.sharding import batch_sharding
-from metajax.models.transformer import Params, cast_params, cpu_decode_layout, decode_step, prefill
+from metajax.models.transformer import Params, cast_params
 from metajax.sampling.draw import draw_tokens
 from metajax.sampling.stop_text import StopText, advance, initial_state
 
