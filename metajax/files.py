@@ -10,6 +10,7 @@ import contextlib
 import errno
 import json
 import os
+import shutil
 import socket
 import tempfile
 from collections.abc import Iterable
@@ -151,3 +152,34 @@ def _alive(holder: dict, this_host: str) -> bool:
     except PermissionError:  # someone else's live process
         return True
     return True
+
+
+def staging_dir(target: Path) -> Path:
+    """An empty directory beside `target` to build it in, with the permissions a plain mkdir would
+    give (mkdtemp makes it owner-only)."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)
+    return staging
+
+
+def replace_dir(staging: Path, target: Path) -> None:
+    """Moves `staging` to `target`; an existing `target` is set aside first and only deleted once
+    the new directory is in place."""
+    if not is_main_process():
+        shutil.rmtree(staging, ignore_errors=True)
+        return
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        target.rename(old)
+    try:
+        staging.rename(target)
+    except BaseException:
+        if old is not None:
+            old.rename(target)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -12,7 +12,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from metajax.models import CheckpointError, UnsupportedModelError, forward, load_hf, param_specs, save_hf
-from metajax.models import hf_io
+from metajax.models import weight_files
 
 jit_forward = jax.jit(forward, static_argnums=1)
 
@@ -126,7 +126,7 @@ def test_interrupted_save_leaves_the_previous_checkpoint(hf_checkpoint, tmp_path
     _write_tokenizer(path, 100)
     before = _files(path)
 
-    write = hf_io._write_safetensors
+    write = weight_files._write_safetensors
     calls = []
 
     def write_then_fail(file, tensors):
@@ -135,7 +135,7 @@ def test_interrupted_save_leaves_the_previous_checkpoint(hf_checkpoint, tmp_path
             raise OSError("disk full")
         write(file, tensors)
 
-    monkeypatch.setattr(hf_io, "_write_safetensors", write_then_fail)
+    monkeypatch.setattr(weight_files, "_write_safetensors", write_then_fail)
     with pytest.raises(OSError, match="disk full"):
         save_hf(_random_params(cfg, seed=7), cfg, path, max_shard_bytes=SMALL_SHARDS)
 

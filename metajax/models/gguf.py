@@ -26,7 +26,8 @@ import gguf
 import jax.numpy as jnp
 import numpy as np
 
-from metajax.models.hf_io import params_from_hf_tensors, replace_dir, save_hf, staging_dir
+from metajax.files import replace_dir, staging_dir
+from metajax.models.hf_io import params_from_hf_tensors, save_hf
 from metajax.progress import phase
 
 SUPPORTED_ARCHITECTURES = ("llama",)
