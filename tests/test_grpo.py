@@ -43,7 +43,12 @@ def tiny():
     return policy, rows
 
 
-def _batch(rows, advantages):
+def _batch(policy, rows, advantages):
+    """The loop's batch: per-token arrays cut to the completion columns."""
+    return grpo_module.policy_gradient_batch(policy, policy.params, rows, advantages, GRPOConfig())
+
+
+def _full_width_batch(rows, advantages):
     return {"tokens": rows.tokens, "attention_mask": rows.attention_mask, "sampled": rows.sampled,
             "logprobs": rows.logprobs, "temperature": rows.temperature,
             "advantages": jnp.asarray(advantages, jnp.float32)}
@@ -83,7 +88,7 @@ def test_on_policy_step_is_the_reinforce_gradient(tiny):
     sgd = optax.sgd(1.0)
     step = make_train_step(CFG, sgd, PolicyGradientLoss(kind="dr_grpo", max_tokens=MAX_TOKENS))
     state = init_train_state(policy.params, sgd, jax.random.key(0))
-    new_state, metrics = step(state, _batch(rows, advantages))
+    new_state, metrics = step(state, _batch(policy, rows, advantages))
     grads = jax.tree.map(lambda a, b: np.asarray(a, np.float64) - np.asarray(b), policy.params, new_state.params)
 
     def reinforce(params):
@@ -104,13 +109,14 @@ def test_later_epochs_take_the_ratio_against_the_stored_logprobs(tiny):
     old ones would see ratio 1 whatever was stored."""
     policy, rows = tiny
     advantages = np.where(np.arange(len(rows)) % 2, 1.0, -0.5).astype(np.float32)
-    shift = np.where(to_host(rows.sampled), np.random.default_rng(0).uniform(-0.4, 0.4, rows.tokens.shape), 0.0)
-    batch = _batch(rows, advantages) | {"logprobs": rows.logprobs + jnp.asarray(shift, jnp.float32)}
+    batch = _batch(policy, rows, advantages)
+    mask = to_host(batch["sampled"])
+    shift = np.where(mask, np.random.default_rng(0).uniform(-0.4, 0.4, mask.shape), 0.0)
+    batch["logprobs"] = batch["logprobs"] + jnp.asarray(shift, jnp.float32)
     loss = PolicyGradientLoss(kind="dr_grpo", clip_eps=0.2, max_tokens=MAX_TOKENS)
     loss_sum, denominator, stats = loss(policy.params, CFG, batch)
 
-    logp = np.asarray(_reference_logprobs(policy.params, rows), np.float64)
-    mask = to_host(rows.sampled)
+    logp = np.asarray(_reference_logprobs(policy.params, rows), np.float64)[:, rows.completion_start:]
     ratio = np.exp(logp - np.asarray(batch["logprobs"], np.float64))
     adv = advantages[:, None].astype(np.float64)
     token_loss = -np.minimum(ratio * adv, np.clip(ratio, 0.8, 1.2) * adv)
@@ -129,8 +135,8 @@ def test_grpo_and_dr_grpo_aggregate_responses_as_the_papers_say(tiny):
     lengths = to_host(rows.sampled).sum(axis=1)
     assert len(set(lengths.tolist())) > 1  # responses of different lengths
     ones = np.ones(len(rows), np.float32)
-    dr = PolicyGradientLoss(kind="dr_grpo", max_tokens=MAX_TOKENS)(policy.params, CFG, _batch(rows, ones))
-    grpo = PolicyGradientLoss(kind="grpo")(policy.params, CFG, _batch(rows, ones))
+    dr = PolicyGradientLoss(kind="dr_grpo", max_tokens=MAX_TOKENS)(policy.params, CFG, _batch(policy, rows, ones))
+    grpo = PolicyGradientLoss(kind="grpo")(policy.params, CFG, _batch(policy, rows, ones))
     assert float(dr[0] / dr[1]) == pytest.approx(-lengths.sum() / (len(rows) * MAX_TOKENS), rel=1e-5)
     assert float(grpo[0] / grpo[1]) == pytest.approx(-1.0, rel=1e-5)
 
@@ -138,16 +144,32 @@ def test_grpo_and_dr_grpo_aggregate_responses_as_the_papers_say(tiny):
 def test_kl_to_the_reference_is_zero_when_the_policy_is_the_reference(tiny):
     policy, rows = tiny
     advantages = np.linspace(-1, 1, len(rows)).astype(np.float32)
-    ref, _ = token_logprobs(policy.params, CFG, rows.tokens, attention_mask=rows.attention_mask,
-                            temperature=rows.temperature)
-    with_kl = PolicyGradientLoss(max_tokens=MAX_TOKENS, kl_beta=0.5)(
-        policy.params, CFG, _batch(rows, advantages) | {"ref_logprobs": ref})
-    without = PolicyGradientLoss(max_tokens=MAX_TOKENS)(policy.params, CFG, _batch(rows, advantages))
+    with_ref = grpo_module.policy_gradient_batch(policy, policy.params, rows, advantages, GRPOConfig(beta=0.5))
+    with_kl = PolicyGradientLoss(max_tokens=MAX_TOKENS, kl_beta=0.5)(policy.params, CFG, with_ref)
+    without = PolicyGradientLoss(max_tokens=MAX_TOKENS)(policy.params, CFG, _batch(policy, rows, advantages))
     assert float(with_kl[2]["kl"][0]) == pytest.approx(0.0, abs=1e-6)
     assert float(with_kl[0]) == pytest.approx(float(without[0]), abs=1e-6)
     moved = jax.tree.map(lambda p: p * 1.05, policy.params)
-    assert float(PolicyGradientLoss(max_tokens=MAX_TOKENS, kl_beta=0.5)(
-        moved, CFG, _batch(rows, advantages) | {"ref_logprobs": ref})[2]["kl"][0]) > 1e-4
+    assert float(PolicyGradientLoss(max_tokens=MAX_TOKENS, kl_beta=0.5)(moved, CFG, with_ref)[2]["kl"][0]) > 1e-4
+
+
+def test_the_loss_on_completion_columns_equals_the_full_width_loss(tiny):
+    """The loop's batch holds only the completion columns, and the loss then projects onto the
+    vocabulary there alone; loss, statistics and gradient equal those of the full-width batch."""
+    policy, rows = tiny
+    advantages = np.linspace(-1.0, 1.5, len(rows)).astype(np.float32)
+    cut, full = _batch(policy, rows, advantages), _full_width_batch(rows, advantages)
+    assert cut["sampled"].shape[1] == rows.tokens.shape[1] - rows.completion_start < full["sampled"].shape[1]
+    loss = PolicyGradientLoss(kind="dr_grpo", max_tokens=MAX_TOKENS)
+    terms = [jax.tree.leaves(loss(policy.params, CFG, batch)) for batch in (cut, full)]
+    for ours, want in zip(*terms):
+        np.testing.assert_allclose(np.asarray(ours), np.asarray(want), atol=1e-6, rtol=1e-6)
+
+    def grad(batch):
+        return jax.grad(lambda p: loss(p, CFG, batch)[0])(policy.params)
+
+    for ours, want in zip(jax.tree.leaves(grad(cut)), jax.tree.leaves(grad(full))):
+        np.testing.assert_allclose(np.asarray(ours), np.asarray(want), atol=1e-6, rtol=0)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -65,6 +65,20 @@ def _full_vocabulary_reference(params, tokens, temperature):
     return picked, -jnp.sum(jnp.exp(logp) * logp, axis=-1)
 
 
+def test_completion_len_scores_the_last_tokens_only():
+    params = init_params(TINY, jax.random.key(0), std=0.2)
+    tokens = jax.random.randint(jax.random.key(1), (3, 9), 0, TINY.vocab_size)
+    temperature = jnp.array([1.0, 0.5, 2.0])
+    full = token_logprobs(params, TINY, tokens, temperature=temperature)
+    for completion_len in (1, 4, 8):
+        cut = token_logprobs(params, TINY, tokens, temperature=temperature, completion_len=completion_len)
+        for ours, want in zip(cut, full):
+            assert ours.shape == (3, completion_len)
+            np.testing.assert_allclose(ours, want[:, -completion_len:], atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="completion_len=9"):
+        token_logprobs(params, TINY, tokens, completion_len=9)
+
+
 @pytest.mark.parametrize("vocab_chunk", [100, 32, 7])
 def test_chunked_token_logprobs_and_entropy_equal_the_full_vocabulary_ones(vocab_chunk):
     """Chunks that divide the vocabulary and chunks that leave a padded last chunk, gradients included."""

@@ -316,19 +316,25 @@ class _Order:
 
 def policy_gradient_batch(base: Policy, params, rows: Rollouts, advantages: np.ndarray, config: GRPOConfig) -> dict:
     """The `PolicyGradientLoss` batch of one step's rollouts: device arrays, sharded as they were
-    sampled. `params` (the policy being trained) recompute the behaviour log-probs only when
-    `config.recompute_logprobs`; `base` is the KL reference when `config.beta` > 0."""
-    batch = {"tokens": rows.tokens, "attention_mask": rows.attention_mask, "sampled": rows.sampled,
-             "logprobs": rows.logprobs, "temperature": rows.temperature,
+    sampled, with the per-token arrays cut to the completion columns (from `rows.completion_start`),
+    so that the loss runs the vocabulary projection there only. `params` (the policy being trained)
+    recompute the behaviour log-probs only when `config.recompute_logprobs`; `base` is the KL
+    reference when `config.beta` > 0."""
+    start = rows.completion_start
+    completion_len = rows.tokens.shape[1] - start
+    batch = {"tokens": rows.tokens, "attention_mask": rows.attention_mask, "sampled": rows.sampled[:, start:],
+             "logprobs": rows.logprobs[:, start:], "temperature": rows.temperature,
              "advantages": jnp.asarray(advantages, jnp.float32)}
+
+    def teacher_forced(weights):
+        logp, _ = token_logprobs(weights, base.cfg, rows.tokens, attention_mask=rows.attention_mask,
+                                 temperature=rows.temperature, completion_len=completion_len)
+        return logp
+
     if config.recompute_logprobs:
-        logp, _ = token_logprobs(params, base.cfg, rows.tokens, attention_mask=rows.attention_mask,
-                                 temperature=rows.temperature)
-        batch["logprobs"] = jnp.where(rows.sampled, logp, 0.0)
+        batch["logprobs"] = jnp.where(batch["sampled"], teacher_forced(params), 0.0)
     if config.beta > 0:
-        ref, _ = token_logprobs(base.params, base.cfg, rows.tokens, attention_mask=rows.attention_mask,
-                                temperature=rows.temperature)
-        batch["ref_logprobs"] = ref
+        batch["ref_logprobs"] = teacher_forced(base.params)
     return batch
 
 

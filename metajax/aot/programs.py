@@ -89,7 +89,7 @@ def run_programs(config, cfg: ModelConfig, mesh, *, prompt_len: int) -> list[Pro
                       knobs={}, **common),  # its batch is the algorithm's: prompts per step
             _train(f"{prefix}policy_gradient_step", pg, make_optimizer(grpo.optimizer(config.train)),
                    batch=grpo.mini_batch_size or group, seq=bucket(prompt_len + grpo.max_completion_length),
-                   grad_accum=grpo.gradient_accumulation_steps,
+                   completion=grpo.max_completion_length, grad_accum=grpo.gradient_accumulation_steps,
                    knobs={"grad_accum": "grpo.gradient_accumulation_steps"}, **train)]
         return programs
     if task == "eval":
@@ -151,7 +151,8 @@ def _score(name, *, cfg, mesh, param_dtype, compute_dtype, param_bytes, compute_
 
 
 def _train(name, loss, optimizer, *, cfg, mesh, param_dtype, param_bytes, compute_bytes, compute_dtype, remat, batch,
-           seq, grad_accum, knobs):
+           seq, grad_accum, knobs, completion: int = 0):
+    """`completion`: the policy gradient's sampled columns, the last of the `seq` (`policy_gradient_batch`)."""
     dims = Dims("train", batch=batch, seq=seq, remat=remat, grad_accum=grad_accum, param_bytes=param_bytes,
                 compute_bytes=compute_bytes)
 
@@ -163,11 +164,11 @@ def _train(name, loss, optimizer, *, cfg, mesh, param_dtype, param_bytes, comput
         if isinstance(loss, SFTLoss):
             rows["loss_mask"] = _rows(mesh, batch, seq, bool)
         else:
-            rows.update(sampled=_rows(mesh, batch, seq, bool), logprobs=_rows(mesh, batch, seq, jnp.float32),
-                        temperature=jax.ShapeDtypeStruct((batch,), jnp.float32, sharding=batch_sharding(mesh, (batch,))),
-                        advantages=jax.ShapeDtypeStruct((batch,), jnp.float32, sharding=batch_sharding(mesh, (batch,))))
+            per_row = jax.ShapeDtypeStruct((batch,), jnp.float32, sharding=batch_sharding(mesh, (batch,)))
+            rows.update(sampled=_rows(mesh, batch, completion, bool), logprobs=_rows(mesh, batch, completion, jnp.float32),
+                        temperature=per_row, advantages=per_row)
             if loss.kl_beta > 0:
-                rows["ref_logprobs"] = _rows(mesh, batch, seq, jnp.float32)
+                rows["ref_logprobs"] = _rows(mesh, batch, completion, jnp.float32)
         return step.lower(state, rows, _replicated(mesh))
 
     what = f"batch {batch} x seq {seq}, remat {remat}, grad_accum {grad_accum}"

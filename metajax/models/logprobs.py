@@ -76,24 +76,35 @@ def logprobs_from_hidden(params: Params, cfg: ModelConfig, hidden: jax.Array, ta
     return picked - logsumexp, logsumexp - weighted / total
 
 
-@functools.partial(jax.jit, static_argnums=1, static_argnames=("remat", "vocab_chunk"))
+@functools.partial(jax.jit, static_argnums=1, static_argnames=("remat", "vocab_chunk", "completion_len"))
 def token_logprobs(params: Params, cfg: ModelConfig, tokens: jax.Array, *, attention_mask=None, segment_ids=None,
-                   temperature=None, remat: str = "none", vocab_chunk: int = VOCAB_CHUNK
-                   ) -> tuple[jax.Array, jax.Array]:
+                   temperature=None, remat: str = "none", vocab_chunk: int = VOCAB_CHUNK,
+                   completion_len: int | None = None) -> tuple[jax.Array, jax.Array]:
     """Teacher-forced log p(tokens[t] | tokens[:t]) and the entropy of that prediction, per position (compiled).
 
     Args:
       tokens: int32[batch, seq]; attention_mask, segment_ids: as in `metajax.models.forward`.
       temperature: None, a scalar or float32[batch] (see `logprobs_from_hidden`).
       remat: a `REMAT_POLICIES` name: what each block recomputes in the backward pass.
+      completion_len: score only the last `completion_len` tokens (1 <= completion_len < seq). A policy
+        gradient needs only the sampled completion's log-probs; the vocabulary projection, the largest
+        matmul of a small model and 4 of its passes in training (the chunk is recomputed in the
+        backward), then runs at those positions alone.
     Returns:
       (logp float32[batch, seq], entropy float32[batch, seq]); entry t scores tokens[t], entry 0
-      (no context) is 0 in both.
+      (no context) is 0 in both. With `completion_len`: [batch, completion_len] each, entry j
+      scoring tokens[seq - completion_len + j].
     """
+    seq = tokens.shape[1]
+    if completion_len is not None and not 1 <= completion_len < seq:
+        raise ValueError(f"completion_len={completion_len} must be in [1, {seq}): the first token has no context")
+    start = 1 if completion_len is None else seq - completion_len
     hidden, _ = hidden_states(params, cfg, tokens, attention_mask=attention_mask, segment_ids=segment_ids,
                               remat=remat)
-    logp, entropy = logprobs_from_hidden(params, cfg, hidden[:, :-1], tokens[:, 1:], temperature=temperature,
-                                         vocab_chunk=vocab_chunk)
+    logp, entropy = logprobs_from_hidden(params, cfg, hidden[:, start - 1:-1], tokens[:, start:],
+                                         temperature=temperature, vocab_chunk=vocab_chunk)
+    if completion_len is not None:
+        return logp, entropy
     return jnp.pad(logp, ((0, 0), (1, 0))), jnp.pad(entropy, ((0, 0), (1, 0)))
 
 

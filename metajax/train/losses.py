@@ -59,10 +59,12 @@ class PolicyGradientLoss:
       clip_eps: PPO's clip range (TRL's `epsilon`; Dr. GRPO: 0.2).
       max_tokens: Dr. GRPO's constant normaliser, the generation budget (TRL's `max_completion_length`).
       kl_beta: weight of the k3 KL to the reference (TRL's `beta`; Dr. GRPO: 0).
-    Batch: tokens, attention_mask (as for SFT); sampled bool[batch, seq] (the tokens that carry the
-      gradient); logprobs float32[batch, seq] (the behaviour policy's, from the rollout);
-      temperature float32[batch] (the one they were sampled at); advantages float32[batch];
-      ref_logprobs float32[batch, seq] (only when kl_beta > 0).
+    Batch: tokens, attention_mask (as for SFT); sampled bool[batch, C] (the tokens that carry the
+      gradient); logprobs float32[batch, C] (the behaviour policy's, from the rollout); temperature
+      float32[batch] (the one they were sampled at); advantages float32[batch]; ref_logprobs
+      float32[batch, C] (only when kl_beta > 0). The C columns are the last C of `tokens`: the
+      completions (`metajax.algorithms.grpo.policy_gradient_batch`), whose log-probs are all the loss
+      computes, or C = seq for every position.
     Stats: clip_fraction, ratio_mean, kl, entropy (nats, of the current policy at sampled positions),
       sampled_tokens.
     """
@@ -74,9 +76,11 @@ class PolicyGradientLoss:
     vocab_chunk: int = VOCAB_CHUNK
 
     def __call__(self, params, cfg, batch, *, remat: str = "none"):
-        logp, entropy = token_logprobs(params, cfg, batch["tokens"], attention_mask=batch["attention_mask"],
-                                       temperature=batch["temperature"], remat=remat, vocab_chunk=self.vocab_chunk)
         mask = jnp.asarray(batch["sampled"], bool)
+        completion_len = mask.shape[1] if mask.shape[1] < batch["tokens"].shape[1] else None
+        logp, entropy = token_logprobs(params, cfg, batch["tokens"], attention_mask=batch["attention_mask"],
+                                       temperature=batch["temperature"], remat=remat, vocab_chunk=self.vocab_chunk,
+                                       completion_len=completion_len)
         loss_sum, denominator, aux = policy_gradient_terms(
             logp, batch["logprobs"], batch["advantages"], mask, kind=self.kind, clip_eps=self.clip_eps,
             max_tokens=self.max_tokens, kl_beta=self.kl_beta, logp_ref=batch.get("ref_logprobs"))
