@@ -151,8 +151,9 @@ def _score(name, *, cfg, mesh, param_dtype, compute_dtype, param_bytes, compute_
 
 
 def _train(name, loss, optimizer, *, cfg, mesh, param_dtype, param_bytes, compute_bytes, compute_dtype, remat, batch,
-           seq, grad_accum, knobs, completion: int = 0):
-    """`completion`: the policy gradient's sampled columns, the last of the `seq` (`policy_gradient_batch`)."""
+           seq, grad_accum, knobs, completion: int | None = None):
+    """`completion`: the policy gradient's sampled columns, the last of the `seq` (`policy_gradient_batch`);
+    None: all `seq` of them."""
     dims = Dims("train", batch=batch, seq=seq, remat=remat, grad_accum=grad_accum, param_bytes=param_bytes,
                 compute_bytes=compute_bytes)
 
@@ -164,11 +165,12 @@ def _train(name, loss, optimizer, *, cfg, mesh, param_dtype, param_bytes, comput
         if isinstance(loss, SFTLoss):
             rows["loss_mask"] = _rows(mesh, batch, seq, bool)
         else:
+            width = seq if completion is None else completion
             per_row = jax.ShapeDtypeStruct((batch,), jnp.float32, sharding=batch_sharding(mesh, (batch,)))
-            rows.update(sampled=_rows(mesh, batch, completion, bool), logprobs=_rows(mesh, batch, completion, jnp.float32),
+            rows.update(sampled=_rows(mesh, batch, width, bool), logprobs=_rows(mesh, batch, width, jnp.float32),
                         temperature=per_row, advantages=per_row)
             if loss.kl_beta > 0:
-                rows["ref_logprobs"] = _rows(mesh, batch, completion, jnp.float32)
+                rows["ref_logprobs"] = _rows(mesh, batch, width, jnp.float32)
         return step.lower(state, rows, _replicated(mesh))
 
     what = f"batch {batch} x seq {seq}, remat {remat}, grad_accum {grad_accum}"
