@@ -170,6 +170,8 @@ def test_the_loss_on_completion_columns_equals_the_full_width_loss(tiny):
 
     for ours, want in zip(jax.tree.leaves(grad(cut)), jax.tree.leaves(grad(full))):
         np.testing.assert_allclose(np.asarray(ours), np.asarray(want), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="must share one shape"):
+        loss(policy.params, CFG, cut | {"logprobs": full["logprobs"]})
 
 
 # ----------------------------------------------------------------------------------------------

@@ -77,7 +77,12 @@ class PolicyGradientLoss:
 
     def __call__(self, params, cfg, batch, *, remat: str = "none"):
         mask = jnp.asarray(batch["sampled"], bool)
-        completion_len = mask.shape[1] if mask.shape[1] < batch["tokens"].shape[1] else None
+        seq = batch["tokens"].shape[1]
+        per_token = {name: batch[name].shape for name in ("sampled", "logprobs", "ref_logprobs") if name in batch}
+        if len(set(per_token.values())) > 1 or mask.shape[1] > seq:
+            raise ValueError(f"policy-gradient batch: {per_token} must share one shape [batch, C] with C <= seq = "
+                             f"{seq} (the last C columns of tokens; policy_gradient_batch builds it)")
+        completion_len = mask.shape[1] if mask.shape[1] < seq else None
         logp, entropy = token_logprobs(params, cfg, batch["tokens"], attention_mask=batch["attention_mask"],
                                        temperature=batch["temperature"], remat=remat, vocab_chunk=self.vocab_chunk,
                                        completion_len=completion_len)
