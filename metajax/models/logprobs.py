@@ -48,12 +48,16 @@ def logprobs_from_hidden(params: Params, cfg: ModelConfig, hidden: jax.Array, ta
     head = head.reshape(head.shape[0], num_chunks, chunk).transpose(1, 0, 2)  # [chunks, hidden, chunk]
     inverse_t = jnp.float32(1.0) if temperature is None else 1.0 / jnp.asarray(temperature, jnp.float32)
     inverse_t = jnp.reshape(inverse_t, jnp.shape(inverse_t) + (1,) * (hidden.ndim - 1 - jnp.ndim(inverse_t)))
+    # One row axis: a weight gradient contracting over (batch, T) makes XLA:CPU transpose its operands first.
+    shape = targets.shape
+    inverse_t = jnp.broadcast_to(inverse_t, shape).reshape(-1)
+    hidden, targets = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
 
     @jax.checkpoint
     def one_chunk(carry, inputs):
         top, total, weighted, picked = carry
         weights, start = inputs
-        z = jnp.einsum("btd,dv->btv", hidden, weights, preferred_element_type=jnp.float32) * inverse_t[..., None]
+        z = jnp.einsum("nd,dv->nv", hidden, weights, preferred_element_type=jnp.float32) * inverse_t[:, None]
         ids = start + jnp.arange(chunk)
         real = ids < vocab
         # Padding columns hold 0, not -inf, so that no inf or NaN reaches a product or its gradient.
@@ -67,13 +71,13 @@ def logprobs_from_hidden(params: Params, cfg: ModelConfig, hidden: jax.Array, ta
         picked = picked + jnp.sum(jnp.where(ids == targets[..., None], z, 0.0), axis=-1)
         return (new_top, total, weighted, picked), None
 
-    shape = targets.shape
-    init = (jnp.full(shape, -jnp.inf, jnp.float32), jnp.zeros(shape, jnp.float32), jnp.zeros(shape, jnp.float32),
-            jnp.zeros(shape, jnp.float32))
+    rows = targets.shape
+    init = (jnp.full(rows, -jnp.inf, jnp.float32), jnp.zeros(rows, jnp.float32), jnp.zeros(rows, jnp.float32),
+            jnp.zeros(rows, jnp.float32))
     starts = jnp.arange(num_chunks, dtype=jnp.int32) * chunk
     (top, total, weighted, picked), _ = jax.lax.scan(one_chunk, init, (head, starts))
     logsumexp = top + jnp.log(total)
-    return picked - logsumexp, logsumexp - weighted / total
+    return (picked - logsumexp).reshape(shape), (logsumexp - weighted / total).reshape(shape)
 
 
 @functools.partial(jax.jit, static_argnums=1, static_argnames=("remat", "vocab_chunk", "completion_len"))
