@@ -282,11 +282,12 @@ def _project(x: jax.Array, lp: Params, name: str, preferred_element_type=None) -
     contracted = CONTRACTED_AXES[name]
     if name in lp:
         # One row axis: a weight gradient contracting over (batch, seq) makes XLA:CPU transpose its operands
-        # first, a quarter of a training step's time.
+        # first (a quarter of a policy-gradient micro-batch's kernel time, README Performance).
         w = lp[name]
         rows = x.shape[:x.ndim - contracted]
-        w2 = w.reshape(-1, *w.shape[contracted:])
-        y = jnp.tensordot(x.reshape(-1, w2.shape[0]), w2, axes=1, preferred_element_type=preferred_element_type)
+        w_matrix = w.reshape(-1, *w.shape[contracted:])
+        y = jnp.tensordot(x.reshape(-1, w_matrix.shape[0]), w_matrix, axes=1,
+                          preferred_element_type=preferred_element_type)
         return y.reshape(*rows, *w.shape[contracted:])
     w_t = lp[name + "_t"]
     out_axes = w_t.ndim - contracted
