@@ -49,8 +49,8 @@ def logprobs_from_hidden(params: Params, cfg: ModelConfig, hidden: jax.Array, ta
     inverse_t = jnp.float32(1.0) if temperature is None else 1.0 / jnp.asarray(temperature, jnp.float32)
     inverse_t = jnp.reshape(inverse_t, jnp.shape(inverse_t) + (1,) * (hidden.ndim - 1 - jnp.ndim(inverse_t)))
     # One row axis: a weight gradient contracting over (batch, T) makes XLA:CPU transpose its operands first.
-    shape = targets.shape
-    inverse_t = jnp.broadcast_to(inverse_t, shape).reshape(-1)
+    target_shape = targets.shape
+    inverse_t = jnp.broadcast_to(inverse_t, target_shape).reshape(-1)
     hidden, targets = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
 
     @jax.checkpoint
@@ -71,13 +71,13 @@ def logprobs_from_hidden(params: Params, cfg: ModelConfig, hidden: jax.Array, ta
         picked = picked + jnp.sum(jnp.where(ids == targets[..., None], z, 0.0), axis=-1)
         return (new_top, total, weighted, picked), None
 
-    rows = targets.shape
+    rows = targets.shape  # (batch * T,)
     init = (jnp.full(rows, -jnp.inf, jnp.float32), jnp.zeros(rows, jnp.float32), jnp.zeros(rows, jnp.float32),
             jnp.zeros(rows, jnp.float32))
     starts = jnp.arange(num_chunks, dtype=jnp.int32) * chunk
     (top, total, weighted, picked), _ = jax.lax.scan(one_chunk, init, (head, starts))
     logsumexp = top + jnp.log(total)
-    return (picked - logsumexp).reshape(shape), (logsumexp - weighted / total).reshape(shape)
+    return (picked - logsumexp).reshape(target_shape), (logsumexp - weighted / total).reshape(target_shape)
 
 
 @functools.partial(jax.jit, static_argnums=1, static_argnames=("remat", "vocab_chunk", "completion_len"))
